@@ -1,0 +1,1 @@
+//! Command line, environment and TOML configuration of `rtc-relay`.
