@@ -20,4 +20,4 @@ pub mod quota;
 pub mod server;
 pub mod stats;
 
-pub use server::{Action, FiveTuple, RelayId, RelayIo, Server, ServerConfig, Transport};
+pub use server::{Action, Event, FiveTuple, RelayId, RelayIo, Server, ServerConfig, Transport};

@@ -134,9 +134,128 @@ impl ServerConfig {
 }
 
 #[allow(dead_code)]
-fn _unused(_: IpAddr, _: Instant) {}
+fn _unused(_: IpAddr) {}
+
+/// Something the core wants the shell to do that is not an answer to the
+/// current input. Rare (control path), so owned data is fine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Send these bytes to the client of `tuple` (Connect responses after the
+    /// TCP connect finished, ConnectionAttempt indications).
+    Transmit { tuple: FiveTuple, data: Vec<u8> },
+    /// RFC 6062: after the ConnectionBind success response (already returned
+    /// as `Action::Reply`) has been written, the client connection `tuple`
+    /// stops carrying STUN and becomes a raw pipe to peer connection `connection_id`.
+    TcpBound { tuple: FiveTuple, connection_id: u32 },
+}
 
 /// The TURN server state of one shard.
 pub struct Server {
     _cfg: Arc<ServerConfig>,
+}
+
+impl Server {
+    /// `shard` is this shard's index (< 256); it is encoded in the low byte of
+    /// every RFC 6062 CONNECTION-ID so a ConnectionBind that lands on another
+    /// shard can be routed back with [`shard_of_connection_id`].
+    pub fn new(cfg: Arc<ServerConfig>, shard: u8) -> Self {
+        let _ = shard;
+        Server { _cfg: cfg }
+    }
+
+    /// A STUN message or ChannelData from a client. `packet` is exactly one
+    /// message (stream transports frame first). Replies are written into `reply`
+    /// (at least 1500 bytes).
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        packet: &[u8],
+        reply: &mut [u8],
+        io: &mut dyn RelayIo,
+    ) -> Action {
+        let _ = (now, tuple, packet, reply, io);
+        todo!()
+    }
+
+    /// A datagram from `peer` on UDP relay socket `relay`, stored at
+    /// `buf[payload]` with at least [`PEER_HEADROOM`] bytes before it and
+    /// [`PEER_TAILROOM`] after it. Returns `ToClient` with a range of `buf`.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        relay: RelayId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        payload: Range<usize>,
+    ) -> Action {
+        let _ = (now, relay, peer, buf, payload);
+        todo!()
+    }
+
+    /// Expires allocations, permissions, channels, reservations and pending
+    /// TCP connections whose time has come.
+    pub fn handle_timeout(&mut self, now: Instant, io: &mut dyn RelayIo) {
+        let _ = (now, io);
+        todo!()
+    }
+
+    /// When [`Server::handle_timeout`] next has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        todo!()
+    }
+
+    /// Drains queued [`Event`]s; call after every input.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        todo!()
+    }
+
+    /// A client's TCP or TLS connection closed: its allocation ends (RFC 6062 §4.1).
+    pub fn handle_client_closed(&mut self, now: Instant, tuple: &FiveTuple, io: &mut dyn RelayIo) {
+        let _ = (now, tuple, io);
+        todo!()
+    }
+
+    /// Outcome of [`RelayIo::tcp_connect`]. Queues the Connect response.
+    pub fn handle_tcp_connected(&mut self, now: Instant, connection_id: u32, result: std::io::Result<()>) {
+        let _ = (now, connection_id, result);
+        todo!()
+    }
+
+    /// A peer opened a TCP connection to the TCP relay listener `relay`.
+    /// Returns the CONNECTION-ID to keep it under (a ConnectionAttempt
+    /// indication is queued), or `None` when no permission allows that peer
+    /// and the shell must close it.
+    pub fn handle_tcp_incoming(&mut self, now: Instant, relay: RelayId, peer: SocketAddr) -> Option<u32> {
+        let _ = (now, relay, peer);
+        todo!()
+    }
+
+    /// A peer TCP connection ended (either side closed, or the pipe failed).
+    pub fn handle_tcp_closed(&mut self, connection_id: u32) {
+        let _ = connection_id;
+        todo!()
+    }
+
+    /// While draining, new allocations are refused (403, or 300 with
+    /// ALTERNATE-SERVER when configured); existing ones keep working.
+    pub fn set_draining(&mut self, draining: bool) {
+        let _ = draining;
+        todo!()
+    }
+
+    /// Number of live allocations (the shell exits a drain when it reaches 0).
+    pub fn allocation_count(&self) -> usize {
+        todo!()
+    }
+
+    /// Counters for the metrics exporter.
+    pub fn stats(&self) -> &super::stats::Stats {
+        todo!()
+    }
+}
+
+/// The shard index encoded in a CONNECTION-ID.
+pub fn shard_of_connection_id(connection_id: u32) -> u8 {
+    (connection_id & 0xff) as u8
 }
