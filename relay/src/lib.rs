@@ -27,6 +27,7 @@
 //! of the payload in place.
 
 pub mod config;
+pub mod credentials;
 pub mod io;
 pub mod metrics;
 pub mod stun;
