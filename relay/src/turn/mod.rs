@@ -20,4 +20,7 @@ pub mod quota;
 pub mod server;
 pub mod stats;
 
+#[cfg(test)]
+mod tests;
+
 pub use server::{Action, Event, FiveTuple, RelayId, RelayIo, Server, ServerConfig, Transport};
