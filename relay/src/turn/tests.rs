@@ -188,7 +188,7 @@ impl Harness {
         *self.io.bound.iter().find(|(_, a)| **a == addr).expect("relay bound").0
     }
     /// Delivers a datagram from `peer` to relay `relay`; returns the bytes for the client.
-    fn from_peer(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
+    fn peer_sends(&mut self, relay: RelayId, peer: SocketAddr, payload: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
         let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + 16];
         buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(payload);
         let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
@@ -343,7 +343,7 @@ fn channel_data_flows_both_ways_without_copies_of_the_payload() {
         }
         other => panic!("expected ToPeer, got {other:?}"),
     }
-    let (to, bytes) = h.from_peer(relay, peer(), b"world!").unwrap();
+    let (to, bytes) = h.peer_sends(relay, peer(), b"world!").unwrap();
     assert_eq!(to, t);
     let back = ChannelData::parse(&bytes).unwrap();
     assert_eq!((back.channel, back.data), (0x4001, &b"world!"[..]));
@@ -370,7 +370,7 @@ fn send_and_data_indications_need_a_permission() {
     };
     assert_eq!(h.action(&t, &send), Action::Nothing, "no permission yet");
     assert!(
-        h.from_peer(relay, peer(), b"x").is_none(),
+        h.peer_sends(relay, peer(), b"x").is_none(),
         "peer without permission is dropped"
     );
 
@@ -383,7 +383,7 @@ fn send_and_data_indications_need_a_permission() {
         Action::ToPeer { range, .. } => assert_eq!(&send[range], b"ping"),
         other => panic!("expected ToPeer, got {other:?}"),
     }
-    let (_, bytes) = h.from_peer(relay, peer(), b"pong").unwrap();
+    let (_, bytes) = h.peer_sends(relay, peer(), b"pong").unwrap();
     let m = Message::parse(&bytes).expect("a valid Data indication");
     assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
     assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(), peer());
@@ -391,7 +391,7 @@ fn send_and_data_indications_need_a_permission() {
 
     // Permissions last five minutes unless refreshed.
     h.advance(Duration::from_secs(301));
-    assert!(h.from_peer(relay, peer(), b"late").is_none());
+    assert!(h.peer_sends(relay, peer(), b"late").is_none());
 }
 
 #[test]
@@ -417,7 +417,7 @@ fn ipv6_peers_get_data_indications_too() {
         Class::Success
     );
     let relay6 = h.relay_of(relayed[1]);
-    let (_, bytes) = h.from_peer(relay6, p6, b"v6").unwrap();
+    let (_, bytes) = h.peer_sends(relay6, p6, b"v6").unwrap();
     let m = Message::parse(&bytes).unwrap();
     assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(), p6);
 }
@@ -668,7 +668,7 @@ fn tcp_clients_get_padded_channel_data() {
     });
     h.send(&t, &bind).unwrap();
     let relay = h.relay_of(relayed);
-    let (_, bytes) = h.from_peer(relay, peer(), b"abcde").unwrap();
+    let (_, bytes) = h.peer_sends(relay, peer(), b"abcde").unwrap();
     assert_eq!(bytes.len(), 12, "4 header + 5 data + 3 padding");
     assert_eq!(&bytes[9..], &[0, 0, 0]);
     // Closing the control connection ends the allocation.
@@ -871,8 +871,8 @@ fn rate_caps_drop_excess_packets() {
     let relay = h.relay_of(relayed);
     let perm = request(Method::CREATE_PERMISSION, tid(7), Some((&c, &s)), &xor_peer(peer()));
     h.send(&t, &perm).unwrap();
-    let delivered = (0..5).filter(|_| h.from_peer(relay, peer(), b"x").is_some()).count();
+    let delivered = (0..5).filter(|_| h.peer_sends(relay, peer(), b"x").is_some()).count();
     assert_eq!(delivered, 2);
     h.now += Duration::from_secs(1);
-    assert!(h.from_peer(relay, peer(), b"x").is_some(), "refilled after a second");
+    assert!(h.peer_sends(relay, peer(), b"x").is_some(), "refilled after a second");
 }
