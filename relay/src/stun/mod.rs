@@ -17,6 +17,9 @@ pub mod fingerprint;
 pub mod integrity;
 pub mod message;
 
+#[cfg(test)]
+mod tests;
+
 pub use channel_data::ChannelData;
 pub use encode::MessageBuilder;
 pub use error::{EncodeError, ParseError};
@@ -87,7 +90,7 @@ pub fn stream_frame_len(buf: &[u8]) -> Result<Option<usize>, ParseError> {
     let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
     let total = match classify(buf) {
         Kind::Stun => {
-            if len % 4 != 0 {
+            if !len.is_multiple_of(4) {
                 return Err(ParseError::BadLength);
             }
             HEADER_LEN + len
