@@ -1,0 +1,411 @@
+//! End-to-end tests of the I/O shell over loopback: a real `Running` relay
+//! (two shards), driven by blocking std sockets.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use relay::config::RelayConfig;
+use relay::io::Running;
+use relay::stun::{attr, integrity, Class, Message, MessageBuilder, Method, TransactionId};
+use relay::turn::auth::rest_password;
+use relay::turn::ServerConfig;
+
+const SECRET: &[u8] = b"shell-test-secret";
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Starts a relay on 127.0.0.1 port 0 (the shell resolves it once for all
+/// shards, so parallel tests never share a SO_REUSEPORT group) with relay
+/// ports in a random 300-port range of its own.
+fn start(shards: usize) -> Running {
+    let mut server = ServerConfig::for_tests(SECRET);
+    let base = 40000 + (rand::random::<u16>() % 60) * 300;
+    server.port_min = base;
+    server.port_max = base + 299;
+    let cfg = RelayConfig {
+        server,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls_listen: vec![],
+        tls: None,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        drain_timeout: Duration::from_secs(5),
+        shards,
+    };
+    Running::start(cfg).expect("relay starts")
+}
+
+fn tid() -> TransactionId {
+    rand::random()
+}
+
+fn binding_request(tid: &TransactionId) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    let n = MessageBuilder::new(&mut buf, Class::Request, Method::BINDING, tid)
+        .unwrap()
+        .finish();
+    buf[..n].to_vec()
+}
+
+/// Waits for `cond` with bounded retries.
+fn eventually<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn udp_client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s
+}
+
+/// Sends `req` until a response with the same transaction id arrives.
+fn udp_transact(sock: &UdpSocket, to: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let want = &req[8..20];
+    eventually("a UDP response", || {
+        sock.send_to(req, to).unwrap();
+        let mut buf = [0u8; 2048];
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            match sock.recv_from(&mut buf) {
+                Ok((n, _)) if n >= 20 && &buf[8..20] == want => return Some(buf[..n].to_vec()),
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        None
+    })
+}
+
+fn xor_mapped(resp: &[u8]) -> SocketAddr {
+    let m = Message::parse(resp).expect("response parses");
+    assert_eq!(m.class(), Class::Success);
+    m.xor_address(attr::XOR_MAPPED_ADDRESS)
+        .expect("XOR-MAPPED-ADDRESS")
+        .expect("valid address")
+}
+
+/// Reads one STUN/ChannelData frame from a stream.
+fn read_frame(s: &mut TcpStream, pending: &mut Vec<u8>) -> Vec<u8> {
+    loop {
+        if let Some(n) = relay::stun::stream_frame_len(pending).expect("valid frame") {
+            return pending.drain(..n).collect();
+        }
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "connection closed");
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn binding_over_udp_reports_client_address() {
+    let relay = start(2);
+    let c = udp_client();
+    let resp = udp_transact(&c, relay.udp[0], &binding_request(&tid()));
+    assert_eq!(xor_mapped(&resp), c.local_addr().unwrap());
+    relay.stop().unwrap();
+}
+
+#[test]
+fn binding_over_tcp_reports_client_address() {
+    let relay = start(2);
+    let mut s = TcpStream::connect(relay.tcp[0]).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut pending = Vec::new();
+    // Two requests in one write: framing must split them.
+    let (t1, t2) = (tid(), tid());
+    let mut both = binding_request(&t1);
+    both.extend(binding_request(&t2));
+    s.write_all(&both).unwrap();
+    for t in [t1, t2] {
+        let resp = read_frame(&mut s, &mut pending);
+        assert_eq!(&resp[8..20], &t);
+        assert_eq!(xor_mapped(&resp), s.local_addr().unwrap());
+    }
+    relay.stop().unwrap();
+}
+
+#[test]
+fn garbage_does_not_stop_the_relay() {
+    let relay = start(2);
+    let c = udp_client();
+    for i in 0..200u32 {
+        let len = (i as usize * 37) % 1400 + 1;
+        let junk: Vec<u8> = (0..len).map(|j| (i as usize * 131 + j * 7) as u8).collect();
+        c.send_to(&junk, relay.udp[0]).unwrap();
+    }
+    // A STUN header claiming more than it carries, and an empty datagram.
+    c.send_to(&[0, 1, 0xff, 0xfc, 0x21, 0x12, 0xa4, 0x42], relay.udp[0])
+        .unwrap();
+    c.send_to(&[], relay.udp[0]).unwrap();
+    let resp = udp_transact(&c, relay.udp[0], &binding_request(&tid()));
+    assert_eq!(xor_mapped(&resp), c.local_addr().unwrap());
+
+    // Unframeable bytes on a stream close that connection, and only that one.
+    let mut bad = TcpStream::connect(relay.tcp[0]).unwrap();
+    bad.set_read_timeout(Some(WAIT)).unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(bad.read(&mut buf), Ok(0) | Err(_)), "garbage stream is closed");
+    let mut good = TcpStream::connect(relay.tcp[0]).unwrap();
+    good.set_read_timeout(Some(WAIT)).unwrap();
+    good.write_all(&binding_request(&tid())).unwrap();
+    let resp = read_frame(&mut good, &mut Vec::new());
+    assert_eq!(xor_mapped(&resp), good.local_addr().unwrap());
+    relay.stop().unwrap();
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn metrics_endpoint_serves_merged_shard_counters() {
+    let relay = start(2);
+    let c = udp_client();
+    for _ in 0..3 {
+        udp_transact(&c, relay.udp[0], &binding_request(&tid()));
+    }
+    let metrics = relay.metrics.expect("metrics listener");
+    let body = eventually("requests in metrics", || {
+        let body = http_get(metrics, "/metrics");
+        let n: u64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("rtc_relay_requests_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)?;
+        (n >= 3).then_some(body)
+    });
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("rtc_relay_allocations"));
+    relay.stop().unwrap();
+}
+
+/// A long-term-credential TURN client over UDP, just enough to get a relayed
+/// datagram through the shell both ways.
+struct Turn {
+    sock: UdpSocket,
+    server: SocketAddr,
+    username: String,
+    realm: String,
+    nonce: String,
+    key: [u8; 16],
+}
+
+impl Turn {
+    fn request(&self, method: Method, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let t = tid();
+        let mut buf = [0u8; 1024];
+        let mut b = MessageBuilder::new(&mut buf, Class::Request, method, &t).unwrap();
+        for (ty, v) in attrs {
+            b.add(*ty, v).unwrap();
+        }
+        b.add(attr::USERNAME, self.username.as_bytes()).unwrap();
+        b.add(attr::REALM, self.realm.as_bytes()).unwrap();
+        b.add(attr::NONCE, self.nonce.as_bytes()).unwrap();
+        b.add_message_integrity(&self.key).unwrap();
+        let n = b.finish();
+        udp_transact(&self.sock, self.server, &buf[..n])
+    }
+
+    fn allocate(server: SocketAddr) -> (Turn, SocketAddr) {
+        let sock = udp_client();
+        let transport = (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+        let t = tid();
+        let mut buf = [0u8; 256];
+        let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::ALLOCATE, &t).unwrap();
+        b.add(transport.0, &transport.1).unwrap();
+        let n = b.finish();
+        let resp = udp_transact(&sock, server, &buf[..n]);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Error);
+        let realm = m.str_attr(attr::REALM).unwrap().unwrap().to_string();
+        let nonce = m.str_attr(attr::NONCE).unwrap().unwrap().to_string();
+        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let username = format!("{expiry}:shell");
+        let password = rest_password(SECRET, &username);
+        let key = integrity::long_term_key_md5(&username, &realm, &password);
+        let turn = Turn {
+            sock,
+            server,
+            username,
+            realm,
+            nonce,
+            key,
+        };
+        let resp = turn.request(Method::ALLOCATE, &[transport]);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "allocate: {:?}", m.error_code());
+        let relayed = m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap();
+        (turn, relayed)
+    }
+
+    fn peer_attr(&self, peer: SocketAddr) -> (u16, Vec<u8>) {
+        // XOR-PEER-ADDRESS for IPv4: family, port ^ cookie>>16, addr ^ cookie.
+        let SocketAddr::V4(p) = peer else { panic!("IPv4 peer") };
+        let port = p.port() ^ 0x2112;
+        let ip = u32::from(*p.ip()) ^ 0x2112_A442;
+        let mut v = vec![0, 1];
+        v.extend(port.to_be_bytes());
+        v.extend(ip.to_be_bytes());
+        (attr::XOR_PEER_ADDRESS, v)
+    }
+
+    fn expect_success(&self, method: Method, attrs: &[(u16, Vec<u8>)]) {
+        let resp = self.request(method, attrs);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "{method:?}: {:?}", m.error_code());
+    }
+}
+
+/// Sends `segments` datagrams of `seg` bytes in one GSO call, so a receiver
+/// with UDP_GRO on loopback gets them as one coalesced train.
+fn send_gso(sock: &UdpSocket, to: SocketAddr, payload: &[u8], seg: usize) {
+    let state = quinn_udp::UdpSocketState::new(sock.into()).unwrap();
+    let segment_size = (state.max_gso_segments() > 1).then_some(seg);
+    let t = quinn_udp::Transmit {
+        destination: to,
+        ecn: None,
+        contents: payload,
+        segment_size,
+        src_ip: None,
+    };
+    if segment_size.is_some() {
+        state.try_send(sock.into(), &t).unwrap();
+    } else {
+        for chunk in payload.chunks(seg) {
+            sock.send_to(chunk, to).unwrap();
+        }
+    }
+    sock.set_nonblocking(false).unwrap();
+}
+
+#[test]
+fn udp_allocation_relays_both_ways_including_gro_trains() {
+    let relay = start(2);
+    let (turn, relayed) = Turn::allocate(relay.udp[0]);
+    let peer = udp_client();
+    let peer_addr = peer.local_addr().unwrap();
+    let channel_peer = udp_client();
+    let channel_peer_addr = channel_peer.local_addr().unwrap();
+    turn.expect_success(Method::CREATE_PERMISSION, &[turn.peer_attr(peer_addr)]);
+    turn.expect_success(
+        Method::CHANNEL_BIND,
+        &[
+            (attr::CHANNEL_NUMBER, vec![0x40, 0x00, 0, 0]),
+            turn.peer_attr(channel_peer_addr),
+        ],
+    );
+
+    // Client -> peer over the channel.
+    let mut cd = vec![0x40, 0x00, 0, 5];
+    cd.extend(b"hello");
+    let got = eventually("ChannelData reaching the peer", || {
+        turn.sock.send_to(&cd, relay.udp[0]).unwrap();
+        let mut buf = [0u8; 64];
+        channel_peer
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, from)| (buf[..n].to_vec(), from))
+    });
+    assert_eq!(got, (b"hello".to_vec(), relayed));
+
+    // Peer -> client: a GRO train of 10 datagrams of 101 bytes each (odd so
+    // ChannelData needs no padding over UDP but Data indications do).
+    let seg = 101;
+    let train: Vec<u8> = (0..10 * seg).map(|i| (i / seg) as u8 ^ (i as u8)).collect();
+    send_gso(&channel_peer, relayed, &train, seg);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 2048];
+    turn.sock.set_read_timeout(Some(WAIT)).unwrap();
+    while seen.len() < 10 {
+        let (n, _) = turn
+            .sock
+            .recv_from(&mut buf)
+            .expect("ChannelData from the peer's train");
+        if buf[0] != 0x40 {
+            continue; // a late duplicate response to a retried request
+        }
+        assert_eq!(&buf[..2], &[0x40, 0x00]);
+        assert_eq!(u16::from_be_bytes([buf[2], buf[3]]) as usize, seg);
+        seen.push(buf[4..n].to_vec());
+    }
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(&s[..seg], &train[i * seg..(i + 1) * seg], "segment {i}");
+    }
+
+    // Same through Data indications (permission, no channel): the core
+    // writes padding and attributes after each payload, which must not
+    // clobber the next segment of the train.
+    send_gso(&peer, relayed, &train, seg);
+    let mut n_data = 0;
+    while n_data < 10 {
+        let (n, _) = turn
+            .sock
+            .recv_from(&mut buf)
+            .expect("Data indication from the peer's train");
+        let m = Message::parse(&buf[..n]).expect("Data indication parses");
+        if m.class() != Class::Indication {
+            continue;
+        }
+        assert_eq!(m.method(), Method::DATA);
+        let data = m.attr(attr::DATA).expect("DATA");
+        assert_eq!(data, &train[n_data * seg..(n_data + 1) * seg], "indication {n_data}");
+        assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS).unwrap().unwrap(), peer_addr);
+        n_data += 1;
+    }
+
+    let (stats, allocations) = eventually("published stats", || relay.snapshot());
+    assert!(allocations >= 1 || stats.allocations_created >= 1);
+    relay.stop().unwrap();
+}
+
+#[test]
+fn drain_refuses_new_allocations_but_keeps_answering() {
+    let relay = start(1);
+    eventually("first report", || relay.snapshot());
+    relay.drain();
+    // Draining is applied by the shard asynchronously; bounded retries.
+    let c = udp_client();
+    let transport = (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    eventually("Allocate refused while draining", || {
+        let (turn, _) = (c.try_clone().ok()?, ());
+        let t = tid();
+        let mut buf = [0u8; 256];
+        let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::ALLOCATE, &t).unwrap();
+        b.add(transport.0, &transport.1).unwrap();
+        let n = b.finish();
+        let resp = udp_transact(&turn, relay.udp[0], &buf[..n]);
+        let m = Message::parse(&resp).ok()?;
+        let realm = m.str_attr(attr::REALM)?.ok()?.to_string();
+        let nonce = m.str_attr(attr::NONCE)?.ok()?.to_string();
+        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let username = format!("{expiry}:drain");
+        let key = integrity::long_term_key_md5(&username, &realm, &rest_password(SECRET, &username));
+        let t = Turn {
+            sock: turn,
+            server: relay.udp[0],
+            username,
+            realm,
+            nonce,
+            key,
+        };
+        let resp = t.request(Method::ALLOCATE, &[transport.clone()]);
+        let m = Message::parse(&resp).ok()?;
+        let code = m.error_code()?.ok()?.0;
+        (code == 403 || code == 300).then_some(())
+    });
+    let resp = udp_transact(&c, relay.udp[0], &binding_request(&tid()));
+    assert_eq!(xor_mapped(&resp), c.local_addr().unwrap());
+    relay.stop().unwrap();
+}
