@@ -400,12 +400,170 @@ fn drain_refuses_new_allocations_but_keeps_answering() {
             nonce,
             key,
         };
-        let resp = t.request(Method::ALLOCATE, &[transport.clone()]);
+        let resp = t.request(Method::ALLOCATE, std::slice::from_ref(&transport));
         let m = Message::parse(&resp).ok()?;
         let code = m.error_code()?.ok()?.0;
         (code == 403 || code == 300).then_some(())
     });
     let resp = udp_transact(&c, relay.udp[0], &binding_request(&tid()));
     assert_eq!(xor_mapped(&resp), c.local_addr().unwrap());
+    relay.stop().unwrap();
+}
+
+/// Long-term credentials learnt from a 401.
+struct Auth {
+    username: String,
+    realm: String,
+    nonce: String,
+    key: [u8; 16],
+}
+
+fn build(method: Method, attrs: &[(u16, Vec<u8>)], auth: Option<&Auth>) -> Vec<u8> {
+    let t = tid();
+    let mut buf = [0u8; 1024];
+    let mut b = MessageBuilder::new(&mut buf, Class::Request, method, &t).unwrap();
+    for (ty, v) in attrs {
+        b.add(*ty, v).unwrap();
+    }
+    if let Some(a) = auth {
+        b.add(attr::USERNAME, a.username.as_bytes()).unwrap();
+        b.add(attr::REALM, a.realm.as_bytes()).unwrap();
+        b.add(attr::NONCE, a.nonce.as_bytes()).unwrap();
+        b.add_message_integrity(&a.key).unwrap();
+    }
+    let n = b.finish();
+    buf[..n].to_vec()
+}
+
+/// A stream client; indications that arrive while waiting for a response are kept.
+struct StreamClient {
+    s: TcpStream,
+    pending: Vec<u8>,
+    indications: Vec<Vec<u8>>,
+}
+
+impl StreamClient {
+    fn connect(to: SocketAddr) -> Self {
+        let s = TcpStream::connect(to).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        StreamClient {
+            s,
+            pending: Vec::new(),
+            indications: Vec::new(),
+        }
+    }
+
+    fn transact(&mut self, req: &[u8]) -> Vec<u8> {
+        self.s.write_all(req).unwrap();
+        loop {
+            let f = read_frame(&mut self.s, &mut self.pending);
+            if f[8..20] == req[8..20] {
+                return f;
+            }
+            self.indications.push(f);
+        }
+    }
+
+    fn expect_success(&mut self, req: &[u8]) -> Vec<u8> {
+        let resp = self.transact(req);
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "{:?}: {:?}", m.method(), m.error_code());
+        resp
+    }
+}
+
+fn xor_peer(peer: SocketAddr) -> (u16, Vec<u8>) {
+    let SocketAddr::V4(p) = peer else { panic!("IPv4 peer") };
+    let mut v = vec![0, 1];
+    v.extend((p.port() ^ 0x2112).to_be_bytes());
+    v.extend((u32::from(*p.ip()) ^ 0x2112_A442).to_be_bytes());
+    (attr::XOR_PEER_ADDRESS, v)
+}
+
+fn connection_id(msg: &[u8]) -> Vec<u8> {
+    Message::parse(msg)
+        .unwrap()
+        .attr(attr::CONNECTION_ID)
+        .expect("CONNECTION-ID")
+        .to_vec()
+}
+
+/// Binds a data connection to `cid` and checks bytes flow both ways with `peer`.
+fn bind_and_pipe(relay: SocketAddr, auth: &Auth, cid: Vec<u8>, peer: &mut TcpStream, tag: u8) {
+    let mut data = StreamClient::connect(relay);
+    // Bytes sent right behind the ConnectionBind belong to the peer.
+    let mut req = build(Method::CONNECTION_BIND, &[(attr::CONNECTION_ID, cid)], Some(auth));
+    let early = [tag; 7];
+    req.extend(early);
+    let resp = data.transact(&req);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success, "ConnectionBind: {:?}", m.error_code());
+    assert!(
+        data.pending.is_empty(),
+        "nothing but raw peer bytes follow the response"
+    );
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = [0u8; 7];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, early);
+    peer.write_all(b"from peer").unwrap();
+    let mut got = [0u8; 9];
+    data.s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"from peer");
+    // Closing the peer side ends the pipe and closes the data connection.
+    peer.shutdown(std::net::Shutdown::Both).unwrap();
+    let mut rest = [0u8; 1];
+    assert!(matches!(data.s.read(&mut rest), Ok(0) | Err(_)));
+}
+
+#[test]
+fn rfc6062_tcp_allocation_connects_accepts_and_splices() {
+    let relay = start(2);
+    let server = relay.tcp[0];
+    let mut ctl = StreamClient::connect(server);
+    let transport = (attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
+    let resp = ctl.transact(&build(Method::ALLOCATE, std::slice::from_ref(&transport), None));
+    let m = Message::parse(&resp).unwrap();
+    let realm = m.str_attr(attr::REALM).unwrap().unwrap().to_string();
+    let nonce = m.str_attr(attr::NONCE).unwrap().unwrap().to_string();
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let username = format!("{expiry}:tcp");
+    let key = integrity::long_term_key_md5(&username, &realm, &rest_password(SECRET, &username));
+    let auth = Auth {
+        username,
+        realm,
+        nonce,
+        key,
+    };
+    let resp = ctl.expect_success(&build(Method::ALLOCATE, &[transport], Some(&auth)));
+    let relayed = Message::parse(&resp)
+        .unwrap()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+
+    let peer_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer_listener.local_addr().unwrap();
+    ctl.expect_success(&build(Method::CREATE_PERMISSION, &[xor_peer(peer_addr)], Some(&auth)));
+
+    // Several client-initiated connections: data connections hash to either
+    // shard, so the hand-over to the CONNECTION-ID's owner is exercised too.
+    for tag in 0..4u8 {
+        let resp = ctl.expect_success(&build(Method::CONNECT, &[xor_peer(peer_addr)], Some(&auth)));
+        let (mut peer, from) = peer_listener.accept().unwrap();
+        assert_eq!(from, relayed, "the relay connects from the relayed address");
+        bind_and_pipe(server, &auth, connection_id(&resp), &mut peer, tag);
+    }
+
+    // Peer-initiated: a ConnectionAttempt indication names the connection.
+    let mut peer = TcpStream::connect(relayed).unwrap();
+    let attempt = loop {
+        if let Some(i) = ctl.indications.iter().position(|f| f[..2] == [0x00, 0x1c]) {
+            break ctl.indications.remove(i);
+        }
+        let f = read_frame(&mut ctl.s, &mut ctl.pending);
+        ctl.indications.push(f);
+    };
+    bind_and_pipe(server, &auth, connection_id(&attempt), &mut peer, 9);
     relay.stop().unwrap();
 }
