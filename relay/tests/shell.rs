@@ -567,3 +567,225 @@ fn rfc6062_tcp_allocation_connects_accepts_and_splices() {
     bind_and_pipe(server, &auth, connection_id(&attempt), &mut peer, 9);
     relay.stop().unwrap();
 }
+
+/// The `rtc-relay` binary, killed on drop so a failed test leaves nothing behind.
+struct Binary {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
+    fn start(extra: &[&str]) -> Binary {
+        let base = 40000 + (rand::random::<u16>() % 60) * 300;
+        let ports = format!("{base}-{}", base + 299);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtc-relay"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--auth-secret",
+                "bin-secret",
+                "--shards",
+                "2",
+            ])
+            .args([
+                "--relay-ports",
+                &ports,
+                "--allow-loopback-peers",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("rtc-relay starts");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        Binary { child, stdout }
+    }
+
+    /// The address printed as `listening <proto> <addr>`.
+    fn listening(&mut self, proto: &str) -> SocketAddr {
+        use std::io::BufRead;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).unwrap();
+            assert!(n > 0, "rtc-relay exited before listening on {proto}");
+            if let Some(a) = line.trim().strip_prefix(&format!("listening {proto} ")) {
+                return a.parse().unwrap();
+            }
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "rtc-relay did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn binary_serves_and_exits_on_sigterm_when_idle() {
+    let mut bin = Binary::start(&["--log-format", "json"]);
+    let udp = bin.listening("udp");
+    let metrics = bin.listening("metrics");
+    let c = udp_client();
+    let resp = udp_transact(&c, udp, &binding_request(&tid()));
+    assert_eq!(xor_mapped(&resp), c.local_addr().unwrap());
+    assert!(http_get(metrics, "/metrics").starts_with("HTTP/1.1 200"));
+    bin.signal(libc::SIGTERM);
+    let status = bin.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    bin.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let first = err.lines().next().expect("log lines");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "JSON log line: {first}"
+    );
+}
+
+#[test]
+fn binary_drains_allocations_until_a_second_signal() {
+    let mut bin = Binary::start(&["--drain-timeout", "60"]);
+    let udp = bin.listening("udp");
+    let (turn, _relayed) = {
+        // Allocate with the binary's secret.
+        let sock = udp_client();
+        let transport = (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+        let resp = udp_transact(
+            &sock,
+            udp,
+            &build(Method::ALLOCATE, std::slice::from_ref(&transport), None),
+        );
+        let m = Message::parse(&resp).unwrap();
+        let realm = m.str_attr(attr::REALM).unwrap().unwrap().to_string();
+        let nonce = m.str_attr(attr::NONCE).unwrap().unwrap().to_string();
+        let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let username = format!("{expiry}:bin");
+        let key = integrity::long_term_key_md5(&username, &realm, &rest_password(b"bin-secret", &username));
+        let auth = Auth {
+            username,
+            realm,
+            nonce,
+            key,
+        };
+        let resp = udp_transact(&sock, udp, &build(Method::ALLOCATE, &[transport], Some(&auth)));
+        let m = Message::parse(&resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "{:?}", m.error_code());
+        (sock, m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap())
+    };
+    bin.signal(libc::SIGTERM);
+    // Draining keeps serving: Binding still answers a while after the signal.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        bin.child.try_wait().unwrap().is_none(),
+        "exited with an allocation left"
+    );
+    let resp = udp_transact(&turn, udp, &binding_request(&tid()));
+    assert_eq!(xor_mapped(&resp), turn.local_addr().unwrap());
+    bin.signal(libc::SIGTERM);
+    let status = bin.wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn binding_over_tls() {
+    let dir = std::env::temp_dir().join(format!("rtc-relay-tls-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    let Ok(out) = made else {
+        eprintln!("openssl not installed: TLS test skipped");
+        return;
+    };
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut server = ServerConfig::for_tests(SECRET);
+    server.port_min = 40000;
+    server.port_max = 40099;
+    let cfg = RelayConfig {
+        server,
+        listen: vec![],
+        tls_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        tls: Some(relay::config::TlsFiles {
+            cert: cert.clone(),
+            key,
+        }),
+        metrics_listen: None,
+        drain_timeout: Duration::from_secs(1),
+        shards: 2,
+    };
+    let relay = Running::start(cfg).expect("relay starts");
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&cert).unwrap();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = "localhost".try_into().unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(relay.tls[0]).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let local = tcp.local_addr().unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&binding_request(&tid())).unwrap();
+    let mut pending = Vec::new();
+    let resp = loop {
+        if let Some(n) = relay::stun::stream_frame_len(&pending).unwrap() {
+            break pending[..n].to_vec();
+        }
+        let mut buf = [0u8; 2048];
+        let n = tls.read(&mut buf).unwrap();
+        assert!(n > 0, "TLS connection closed");
+        pending.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(xor_mapped(&resp), local);
+    relay.stop().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
