@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::turn::stats::{Drop as DropCause, Stats};
 
 mod relay_socket;
+mod reservation;
 mod shard;
 mod tcp;
 mod tcp_relay;
@@ -90,6 +91,8 @@ pub struct Shared {
     reports: Vec<Mutex<ShardReport>>,
     /// TCP relayed addresses in use (see [`tcp_relay::PortClaim`]).
     tcp_relay_addrs: Mutex<HashSet<SocketAddr>>,
+    /// EVEN-PORT reservations, redeemable from any shard.
+    reservations: reservation::Reservations,
 }
 
 /// The listening sockets of one shard.
@@ -149,6 +152,7 @@ impl Running {
             cmds: senders,
             reports: (0..shards).map(|_| Mutex::new(ShardReport::default())).collect(),
             tcp_relay_addrs: Mutex::new(HashSet::new()),
+            reservations: Default::default(),
         });
         let (mode_tx, mode_rx) = watch::channel(Mode::Run);
         let server_cfg = Arc::new(cfg.server.clone());

@@ -88,9 +88,9 @@ pub struct ShardIo<'a> {
     pub shard: &'a Rc<Shard>,
 }
 
-impl RelayIo for ShardIo<'_> {
-    fn bind_udp(&mut self, addr: SocketAddr, dont_fragment: bool) -> io::Result<RelayId> {
-        let sock = bind_relay_udp(addr, dont_fragment)?;
+impl ShardIo<'_> {
+    /// Registers a bound relay socket with this shard's runtime and starts its receive task.
+    fn adopt_udp(&mut self, sock: std::net::UdpSocket, addr: SocketAddr) -> io::Result<RelayId> {
         let sock = Rc::new(UdpSocket::from_std(sock)?);
         let mut relays = self.shard.relays.borrow_mut();
         let id = relays.next_id();
@@ -99,6 +99,28 @@ impl RelayIo for ShardIo<'_> {
             .abort_handle();
         relays.insert(id, Relay::Udp { sock, task });
         Ok(id)
+    }
+}
+
+impl RelayIo for ShardIo<'_> {
+    fn bind_udp(&mut self, addr: SocketAddr, dont_fragment: bool) -> io::Result<RelayId> {
+        let sock = bind_relay_udp(addr, dont_fragment)?;
+        self.adopt_udp(sock, addr)
+    }
+
+    fn reserve_udp(&mut self, addr: SocketAddr, token: [u8; 8], expires: Instant) -> io::Result<()> {
+        let sock = bind_relay_udp(addr, false)?;
+        self.shard
+            .shared
+            .reservations
+            .park(token, sock, addr, expires, Instant::now());
+        Ok(())
+    }
+
+    fn take_reserved(&mut self, token: [u8; 8], now: Instant, dont_fragment: bool) -> Option<(RelayId, SocketAddr)> {
+        let (sock, addr) = self.shard.shared.reservations.take(token, now)?;
+        super::reservation::set_dont_fragment(&sock, addr, dont_fragment).ok()?;
+        self.adopt_udp(sock, addr).ok().map(|id| (id, addr))
     }
 
     fn listen_tcp(&mut self, addr: SocketAddr) -> io::Result<RelayId> {

@@ -4,7 +4,11 @@ use super::error::ParseError;
 
 pub const HEADER_LEN: usize = 4;
 pub const MIN_CHANNEL: u16 = 0x4000;
-pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// RFC 8656 narrowed channels to 0x4000..=0x4FFF so other protocols can share
+/// a port, but RFC 5766 allowed up to 0x7FFF and deployed clients (coturn's
+/// own, re's, libnice) still pick numbers there. A TURN port carries only STUN
+/// and ChannelData, so accepting the old range costs nothing and keeps them working.
+pub const MAX_CHANNEL: u16 = 0x7FFF;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelData<'a> {

@@ -70,11 +70,12 @@ pub enum Kind {
 }
 
 /// Demultiplexes by the first byte (RFC 7983 ranges): 0..=3 is STUN,
-/// 0x40..=0x4F is ChannelData (channel numbers 0x4000..=0x4FFF).
+/// 0x40..=0x7F is ChannelData (channel numbers 0x4000..=0x7FFF, see
+/// [`channel_data::MAX_CHANNEL`]).
 pub fn classify(buf: &[u8]) -> Kind {
     match buf.first() {
         Some(0..=3) => Kind::Stun,
-        Some(0x40..=0x4F) => Kind::ChannelData,
+        Some(0x40..=0x7F) => Kind::ChannelData,
         _ => Kind::Other,
     }
 }

@@ -651,7 +651,8 @@ fn stream_framing() {
         })
     );
     assert_eq!(ChannelData::parse(&cd[..8]), Err(ParseError::Truncated));
-    assert_eq!(ChannelData::parse(&[0x50, 0, 0, 0]), Err(ParseError::NotChannelData));
+    assert_eq!(ChannelData::parse(&[0x80, 0, 0, 0]), Err(ParseError::NotChannelData));
+    assert_eq!(ChannelData::parse(&[0x7f, 0xff, 0, 0]).map(|c| c.channel), Ok(0x7fff));
     assert_eq!(ChannelData::parse(&[0x3f, 0xff, 0, 0]), Err(ParseError::NotChannelData));
     assert_eq!(ChannelData::parse(&[0x4f, 0xff, 0, 0]).map(|c| c.data.len()), Ok(0));
     assert_eq!(channel_data::header(0x4001, 300), [0x40, 0x01, 0x01, 0x2c]);

@@ -23,6 +23,7 @@ struct FakeIo {
     closed: Vec<RelayId>,
     connects: Vec<(RelayId, SocketAddr, u32)>,
     tcp_closed: Vec<u32>,
+    reserved: HashMap<[u8; 8], (SocketAddr, Instant)>,
 }
 
 impl RelayIo for FakeIo {
@@ -33,6 +34,20 @@ impl RelayIo for FakeIo {
         self.next += 1;
         self.bound.insert(RelayId(self.next), addr);
         Ok(RelayId(self.next))
+    }
+    fn reserve_udp(&mut self, addr: SocketAddr, token: [u8; 8], expires: Instant) -> std::io::Result<()> {
+        if self.reserved.values().any(|(a, _)| *a == addr) {
+            return Err(std::io::ErrorKind::AddrInUse.into());
+        }
+        self.reserved.insert(token, (addr, expires));
+        Ok(())
+    }
+    fn take_reserved(&mut self, token: [u8; 8], now: Instant, df: bool) -> Option<(RelayId, SocketAddr)> {
+        let (addr, expires) = self.reserved.remove(&token)?;
+        if expires <= now {
+            return None;
+        }
+        self.bind_udp(addr, df).ok().map(|id| (id, addr))
     }
     fn listen_tcp(&mut self, addr: SocketAddr) -> std::io::Result<RelayId> {
         self.bind_udp(addr, false)
@@ -626,7 +641,7 @@ fn channel_rules_are_enforced() {
         "below range"
     );
     assert_eq!(
-        error_code(&h.send(&t, &bind(0x5000, "127.0.0.1:1", 2)).unwrap()),
+        error_code(&h.send(&t, &bind(0x8000, "127.0.0.1:1", 2)).unwrap()),
         Some(400),
         "above range"
     );

@@ -88,19 +88,15 @@ impl Server {
         let mut reservation_token = None;
         let mut v6_error = None;
         let bound = if let Some(token) = token {
-            match self.reservations.remove(&token) {
-                Some(r) if r.expires > now => {
-                    let advertised = self.advertised(r.bound);
-                    relays[family_index(r.bound.ip())] = Some(Relayed {
-                        relay: r.relay,
+            match io.take_reserved(token, now, dont_fragment) {
+                Some((relay, bound)) => {
+                    let advertised = self.advertised(bound);
+                    relays[family_index(bound.ip())] = Some(Relayed {
+                        relay,
                         advertised,
-                        bound: r.bound,
+                        bound,
                     });
                     Ok(())
-                }
-                Some(r) => {
-                    io.close(r.relay);
-                    Err(508)
                 }
                 None => Err(508),
             }
@@ -250,19 +246,9 @@ impl Server {
             if even_port == Some(true) {
                 // Hold the next port for a later Allocate with RESERVATION-TOKEN.
                 let next = SocketAddr::new(ip, port + 1);
-                match io.bind_udp(next, dont_fragment) {
-                    Ok(held) => {
-                        let t: [u8; 8] = self.rng.random();
-                        self.reservations.insert(
-                            t,
-                            Reservation {
-                                relay: held,
-                                bound: next,
-                                expires: now + PENDING_TIMEOUT,
-                            },
-                        );
-                        token = Some(t);
-                    }
+                let t: [u8; 8] = self.rng.random();
+                match io.reserve_udp(next, t, now + PENDING_TIMEOUT) {
+                    Ok(()) => token = Some(t),
                     Err(_) => {
                         io.close(relay);
                         continue;

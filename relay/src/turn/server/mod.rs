@@ -64,6 +64,14 @@ pub trait RelayIo {
     /// Binds a UDP relay socket at exactly `addr`. `dont_fragment` sets the DF
     /// bit on what it sends. An `AddrInUse` error makes the core try another port.
     fn bind_udp(&mut self, addr: SocketAddr, dont_fragment: bool) -> std::io::Result<RelayId>;
+    /// Binds a UDP socket at exactly `addr` and parks it under `token` until
+    /// `expires` (EVEN-PORT with the R bit, RFC 8656 §7.2). Parked sockets are
+    /// shared by all shards: the Allocate that redeems the token comes from
+    /// another five-tuple, which the kernel may hash to another shard.
+    fn reserve_udp(&mut self, addr: SocketAddr, token: [u8; 8], expires: Instant) -> std::io::Result<()>;
+    /// Claims the socket parked under `token` for this shard; `None` when the
+    /// token is unknown or expired (the socket is then closed).
+    fn take_reserved(&mut self, token: [u8; 8], now: Instant, dont_fragment: bool) -> Option<(RelayId, SocketAddr)>;
     /// Opens a TCP relay listener at exactly `addr` (RFC 6062 allocations).
     fn listen_tcp(&mut self, addr: SocketAddr) -> std::io::Result<RelayId>;
     /// Closes a relay socket or listener; no more input arrives for it.
@@ -191,14 +199,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Attempts at a random free port before answering 508.
 const PORT_ATTEMPTS: usize = 64;
 
-/// A port held for a later Allocate by RESERVATION-TOKEN (EVEN-PORT with R).
-#[derive(Debug)]
-struct Reservation {
-    relay: RelayId,
-    bound: SocketAddr,
-    expires: Instant,
-}
-
 /// An RFC 6062 peer connection, from Connect or from an incoming peer.
 #[derive(Debug)]
 struct TcpPeer {
@@ -228,7 +228,6 @@ pub struct Server {
     auth: Authenticator,
     shard: u8,
     allocations: AllocationTable,
-    reservations: HashMap<[u8; 8], Reservation>,
     tcp_peers: HashMap<u32, TcpPeer>,
     unauth_limiter: SourceLimiter,
     events: VecDeque<Event>,
@@ -262,7 +261,6 @@ impl Server {
             auth,
             shard,
             allocations: AllocationTable::default(),
-            reservations: HashMap::new(),
             tcp_peers: HashMap::new(),
             unauth_limiter: SourceLimiter::new(4096, rate, rate.saturating_mul(2)),
             events: VecDeque::new(),
@@ -482,7 +480,10 @@ impl Server {
         };
         match result {
             Ok(action) => action,
-            Err((code, _)) => self.reply_error(reply, msg, code, signed, |_| Ok(())),
+            Err((code, _)) => {
+                debug!(client = %tuple.client, method = method.0, code, "request refused");
+                self.reply_error(reply, msg, code, signed, |_| Ok(()))
+            }
         }
     }
 
@@ -538,13 +539,6 @@ impl Server {
                 self.stats.channels = self.stats.channels.saturating_sub(c as u64);
             }
         }
-        self.reservations.retain(|_, r| {
-            let keep = r.expires > now;
-            if !keep {
-                io.close(r.relay);
-            }
-            keep
-        });
         let stale: Vec<u32> = self
             .tcp_peers
             .iter()
@@ -569,7 +563,7 @@ impl Server {
             io.tcp_close(cid);
         }
         self.stats.tcp_connections = self.tcp_peers.len() as u64;
-        let idle = self.allocations.is_empty() && self.reservations.is_empty() && self.tcp_peers.is_empty();
+        let idle = self.allocations.is_empty() && self.tcp_peers.is_empty();
         self.next_sweep = if idle { None } else { Some(now + SWEEP_INTERVAL) };
     }
 
