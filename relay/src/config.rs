@@ -52,6 +52,9 @@ pub struct RelayConfig {
     pub drain_timeout: Duration,
     /// Number of shards (threads); default: available cores.
     pub shards: usize,
+    /// Set when no credentials were configured and a random REST secret was
+    /// made for this run; the binary prints it so the relay can be tried.
+    pub generated_secret: Option<String>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -170,11 +173,6 @@ pub enum ConfigError {
     TlsMismatch(String),
     #[error("--default-lifetime ({default}s) is longer than --max-lifetime ({max}s)")]
     LifetimeOrder { default: u64, max: u64 },
-    #[error(
-        "no credentials configured: give --auth-secret SECRET (TURN REST, shared with the application server \
-         that mints credentials) or --user NAME:PASSWORD (static users), or their RTC_RELAY_* / config file forms"
-    )]
-    NoCredentials,
     #[error(
         "credentials: no secret; give --secret SECRET or set RTC_RELAY_AUTH_SECRET (the relay's first secret is used)"
     )]
@@ -837,7 +835,7 @@ fn build(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(RelayCo
     if raw.iter().any(|s| s.is_empty()) {
         return Err(ConfigError::EmptySecret { at: secret_at });
     }
-    let secrets: Vec<Vec<u8>> = raw.into_iter().map(String::into_bytes).collect();
+    let mut secrets: Vec<Vec<u8>> = raw.into_iter().map(String::into_bytes).collect();
     let (raw, user_at) = l.list("user", args.user)?;
     let mut static_users = HashMap::new();
     for entry in raw {
@@ -854,6 +852,16 @@ fn build(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(RelayCo
             });
         }
     }
+    // With no credentials at all the relay still starts (the README's first
+    // command), with a random secret that only this run's log reveals: usable
+    // for trying things out, useless to anyone who cannot read the log.
+    let generated_secret = if secrets.is_empty() && static_users.is_empty() {
+        let secret: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
+        secrets.push(secret.clone().into_bytes());
+        Some(secret)
+    } else {
+        None
+    };
     let nonce_key = match l.scalar("nonce-key", args.nonce_key)? {
         Some((v, at)) if v.len() < 16 => return Err(ConfigError::ShortNonceKey { at }),
         Some((v, _)) => v.into_bytes(),
@@ -951,12 +959,6 @@ fn build(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(RelayCo
         None => LogFormat::Text,
     };
 
-    // Checked last so that a typo elsewhere is reported first, and only an
-    // otherwise valid configuration learns it is missing its credentials.
-    if secrets.is_empty() && static_users.is_empty() {
-        return Err(ConfigError::NoCredentials);
-    }
-
     let server = ServerConfig {
         auth: AuthConfig {
             realm,
@@ -997,6 +999,7 @@ fn build(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(RelayCo
         metrics_listen,
         drain_timeout,
         shards,
+        generated_secret,
     };
     Ok((cfg, log_format))
 }
@@ -1469,14 +1472,17 @@ NIKoWIgJ3D0biJbjnHlCJxJb1/C/qIip+jjhReZSJes1RsSISIRtLehu
     }
 
     #[test]
+    fn no_credentials_means_a_generated_secret() {
+        let cfg = run(&[]).unwrap();
+        let secret = cfg.generated_secret.clone().expect("generated");
+        assert_eq!(secret.len(), 32);
+        assert_eq!(cfg.server.auth.secrets, vec![secret.into_bytes()]);
+        assert!(run(&["--auth-secret", "x"]).unwrap().generated_secret.is_none());
+        assert!(run(&["--user", "a:b"]).unwrap().generated_secret.is_none());
+    }
+
+    #[test]
     fn credentials_errors() {
-        let e = err(&[]);
-        assert!(matches!(e, ConfigError::NoCredentials), "{e}");
-        assert!(
-            e.to_string().contains("--auth-secret") && e.to_string().contains("--user"),
-            "{e}"
-        );
-        assert!(matches!(err(&["--realm=x"]), ConfigError::NoCredentials));
         for bad in ["alice", ":pw", "alice:"] {
             let e = err(&["--user", bad]);
             assert!(

@@ -41,6 +41,11 @@ fn main() -> ExitCode {
                 shards = cfg.shards,
                 "rtc-relay starting"
             );
+            if let Some(secret) = &cfg.generated_secret {
+                tracing::warn!("no --auth-secret or --user given: using a random secret for this run only");
+                println!("auth secret (this run only): {secret}");
+                println!("credentials for a browser: rtc-relay credentials --secret {secret} --user demo --ttl 3600");
+            }
             match relay::io::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
