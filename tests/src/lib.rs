@@ -70,7 +70,11 @@ pub fn rtc_relay_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let target = if target.is_relative() { workspace_root().join(target) } else { target };
+    let target = if target.is_relative() {
+        workspace_root().join(target)
+    } else {
+        target
+    };
     let bin = target.join("debug").join("rtc-relay");
     assert!(
         bin.is_file(),
@@ -157,7 +161,12 @@ pub fn free_port() -> u16 {
 /// never hand out the same relay ports.
 fn relay_port_block() -> (u16, u16) {
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(u32::MAX, rand::rng().random_range(0..100), Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        rand::rng().random_range(0..100),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     let block = NEXT.fetch_add(1, Ordering::SeqCst) % 100;
     let low = 40000 + block as u16 * 200;
     (low, low + 199)
@@ -205,10 +214,22 @@ impl RunningServer {
             let out = File::create(&log).unwrap();
             cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
             if imp == Impl::RtcRelay {
-                cmd.env("RUST_LOG", std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "debug".into()));
+                cmd.env(
+                    "RUST_LOG",
+                    std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "debug".into()),
+                );
             }
-            let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-            let mut server = RunningServer { imp, port, relay_ports, opts: opts.clone(), log, child: Some(child) };
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            let mut server = RunningServer {
+                imp,
+                port,
+                relay_ports,
+                opts: opts.clone(),
+                log,
+                child: Some(child),
+            };
             match server.wait_ready() {
                 Ok(()) => return server,
                 Err(e) => {
@@ -231,7 +252,9 @@ impl RunningServer {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(format!("exited early with {status}"));
             }
-            let ok = in_netns(self.opts.netns.as_deref(), move || binding_ok(port, Duration::from_millis(100)));
+            let ok = in_netns(self.opts.netns.as_deref(), move || {
+                binding_ok(port, Duration::from_millis(100))
+            });
             if ok {
                 return Ok(());
             }
@@ -248,7 +271,10 @@ impl RunningServer {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().map(|c| c.try_wait().unwrap().is_none()).unwrap_or(false)
+        self.child
+            .as_mut()
+            .map(|c| c.try_wait().unwrap().is_none())
+            .unwrap_or(false)
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -265,7 +291,12 @@ impl Drop for RunningServer {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- last lines of {} ({:?}) ---\n{}", self.log.display(), self.imp, self.log_tail(80));
+            eprintln!(
+                "--- last lines of {} ({:?}) ---\n{}",
+                self.log.display(),
+                self.imp,
+                self.log_tail(80)
+            );
         }
     }
 }
@@ -402,10 +433,15 @@ pub fn binding_request(tid: [u8; 12]) -> [u8; 20] {
 
 /// Sends one Binding to 127.0.0.1:`port` and waits up to `timeout` for a success response.
 pub fn binding_ok(port: u16, timeout: Duration) -> bool {
-    let Ok(sock) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else { return false };
+    let Ok(sock) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+        return false;
+    };
     sock.set_read_timeout(Some(timeout)).unwrap();
     let tid: [u8; 12] = rand::rng().random();
-    if sock.send_to(&binding_request(tid), (Ipv4Addr::LOCALHOST, port)).is_err() {
+    if sock
+        .send_to(&binding_request(tid), (Ipv4Addr::LOCALHOST, port))
+        .is_err()
+    {
         return false;
     }
     let mut buf = [0u8; 1500];
@@ -508,7 +544,15 @@ pub struct RestCredentials {
 /// Runs `rtc-relay credentials --secret S --user U --ttl T [--url URL ...]`.
 pub fn rtc_relay_credentials(secret: &str, user: &str, ttl: u64, urls: &[String]) -> RestCredentials {
     let mut cmd = Command::new(rtc_relay_bin());
-    cmd.args(["credentials", "--secret", secret, "--user", user, "--ttl", &ttl.to_string()]);
+    cmd.args([
+        "credentials",
+        "--secret",
+        secret,
+        "--user",
+        user,
+        "--ttl",
+        &ttl.to_string(),
+    ]);
     for u in urls {
         cmd.args(["--url", u]);
     }
@@ -519,8 +563,12 @@ pub fn rtc_relay_credentials(secret: &str, user: &str, ttl: u64, urls: &[String]
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("credentials output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "credentials output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
     RestCredentials {
         username: json["username"].as_str().expect("username").to_string(),
         credential: json["credential"].as_str().expect("credential").to_string(),
@@ -543,10 +591,16 @@ pub struct NetNs {
 impl NetNs {
     pub fn create() -> NetNs {
         let name = format!("rtc-e2e-{:08x}", rand::rng().random::<u32>());
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("run ip");
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip");
         assert!(st.success(), "ip netns add {name} failed (needs root and iproute2)");
         let ns = NetNs { name };
-        let st = Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]).status().unwrap();
+        let st = Command::new("ip")
+            .args(["-n", &ns.name, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
         assert!(st.success(), "ip -n {} link set lo up failed", ns.name);
         ns
     }

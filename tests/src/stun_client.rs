@@ -20,7 +20,8 @@ pub struct Response {
 
 impl Response {
     pub fn parse(bytes: &[u8]) -> Response {
-        let m = Message::parse(bytes).unwrap_or_else(|e| panic!("server sent an unparsable response ({e}): {bytes:02x?}"));
+        let m =
+            Message::parse(bytes).unwrap_or_else(|e| panic!("server sent an unparsable response ({e}): {bytes:02x?}"));
         Response {
             bytes: bytes.to_vec(),
             class: m.class(),
@@ -137,7 +138,9 @@ impl StunClient {
         let mut buf = vec![0u8; 65536];
         for attempt in 0..4u32 {
             self.sock.send_to(req, self.server).unwrap();
-            self.sock.set_read_timeout(Some(Duration::from_millis(250 << attempt))).unwrap();
+            self.sock
+                .set_read_timeout(Some(Duration::from_millis(250 << attempt)))
+                .unwrap();
             while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
                 if n >= 20 && &buf[8..20] == tid {
                     return Some(Response::parse(&buf[..n]));
@@ -156,17 +159,33 @@ impl StunClient {
     /// Returns (realm, nonce).
     pub fn challenge(&self) -> (String, String) {
         let tid = new_tid();
-        let req = encode(Class::Request, Method::ALLOCATE, &tid, &[requested_transport_udp()], None, false);
+        let req = encode(
+            Class::Request,
+            Method::ALLOCATE,
+            &tid,
+            &[requested_transport_udp()],
+            None,
+            false,
+        );
         let r = self.expect_response(&req, "unauthenticated Allocate");
         assert_eq!(r.class, Class::Error, "unauthenticated Allocate did not fail: {r:?}");
         assert_eq!(r.code(), Some(401), "unauthenticated Allocate: {r:?}");
-        (r.realm.clone().expect("401 without REALM"), r.nonce.clone().expect("401 without NONCE"))
+        (
+            r.realm.clone().expect("401 without REALM"),
+            r.nonce.clone().expect("401 without NONCE"),
+        )
     }
 
     /// A request of `method` with `attrs` followed by USERNAME, REALM, NONCE,
     /// MESSAGE-INTEGRITY and FINGERPRINT.
     /// `tid` must be the one XOR addresses in `attrs` were encoded with.
-    pub fn authed(&self, method: Method, tid: &TransactionId, attrs: &[(u16, Vec<u8>)], s: &Session) -> Option<Response> {
+    pub fn authed(
+        &self,
+        method: Method,
+        tid: &TransactionId,
+        attrs: &[(u16, Vec<u8>)],
+        s: &Session,
+    ) -> Option<Response> {
         let mut all = attrs.to_vec();
         all.push((attr::USERNAME, s.username.as_bytes().to_vec()));
         all.push((attr::REALM, s.realm.as_bytes().to_vec()));
@@ -179,7 +198,9 @@ impl StunClient {
     pub fn allocate(&self, username: &str, password: &str) -> (Response, Session) {
         let (realm, nonce) = self.challenge();
         let s = Session::new(username, password, &realm, &nonce);
-        let r = self.authed(Method::ALLOCATE, &new_tid(), &[requested_transport_udp()], &s).expect("no response to Allocate");
+        let r = self
+            .authed(Method::ALLOCATE, &new_tid(), &[requested_transport_udp()], &s)
+            .expect("no response to Allocate");
         (r, s)
     }
 

@@ -51,7 +51,15 @@ fn uclient_summary_parser() {
     let out = "1: : start_mclient: msz=2, tot_send_msgs=0, tot_recv_msgs=0, tot_send_bytes ~ 0\n\
                5: : start_mclient: tot_send_msgs=40, tot_recv_msgs=39\n\
                5: : Total lost packets 1 (2.5%), total send dropped 0 (0.000000%)\n";
-    assert_eq!(parse_summary(out), Some(Summary { sent: 40, received: 39, lost: 1, send_dropped: 0 }));
+    assert_eq!(
+        parse_summary(out),
+        Some(Summary {
+            sent: 40,
+            received: 39,
+            lost: 1,
+            send_dropped: 0
+        })
+    );
     assert_eq!(parse_summary("ERROR: Cannot complete Allocation"), None);
 }
 
@@ -66,11 +74,24 @@ fn run_uclient(server: &RunningServer, peer: &EchoPeer, flags: &[&str], auth: &[
     cmd.args(flags)
         .args(["-p", &server.port.to_string()])
         .args(["-e", "127.0.0.1", "-r", &peer.port.to_string()])
-        .args(["-n", &msgs.to_string(), "-m", &clients.to_string(), "-l", "160", "-z", "5"])
+        .args([
+            "-n",
+            &msgs.to_string(),
+            "-m",
+            &clients.to_string(),
+            "-l",
+            "160",
+            "-z",
+            "5",
+        ])
         .args(auth)
         .arg("127.0.0.1");
     let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary = parse_summary(&text).unwrap_or_else(|| {
         panic!("uclient {flags:?} printed no summary (exit {}):\n{text}", out.status);
     });
@@ -78,9 +99,19 @@ fn run_uclient(server: &RunningServer, peer: &EchoPeer, flags: &[&str], auth: &[
     // client's messages are counted at both ends.
     let pairs = if flags.contains(&"-y") { 2 } else { 1 };
     let expected = u64::from(clients.max(2) * msgs * pairs);
-    assert!(out.status.success(), "uclient {flags:?} exited with {}:\n{text}", out.status);
-    assert_eq!(summary.sent, expected, "uclient {flags:?} sent a different number of messages:\n{text}");
-    assert_eq!(summary.received, summary.sent, "uclient {flags:?} lost messages:\n{text}");
+    assert!(
+        out.status.success(),
+        "uclient {flags:?} exited with {}:\n{text}",
+        out.status
+    );
+    assert_eq!(
+        summary.sent, expected,
+        "uclient {flags:?} sent a different number of messages:\n{text}"
+    );
+    assert_eq!(
+        summary.received, summary.sent,
+        "uclient {flags:?} lost messages:\n{text}"
+    );
     assert_eq!(summary.lost, 0, "uclient {flags:?} reports lost packets:\n{text}");
     assert_eq!(summary.send_dropped, 0, "uclient {flags:?} reports send drops:\n{text}");
 }
@@ -102,9 +133,20 @@ fn stunclient(imp: Impl) {
     let mut cmd = Command::new("turnutils_stunclient");
     cmd.args(["-p", &server.port.to_string(), "127.0.0.1"]);
     let out = run_with_timeout(cmd, Duration::from_secs(30));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "turnutils_stunclient failed ({}):\n{text}", out.status);
-    assert!(text.contains("UDP reflexive addr: 127.0.0.1:"), "no reflexive address in:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "turnutils_stunclient failed ({}):\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("UDP reflexive addr: 127.0.0.1:"),
+        "no reflexive address in:\n{text}"
+    );
 }
 
 #[test]
@@ -163,7 +205,11 @@ fn uclient_client_to_client_static_user() {
         return;
     }
     // Static users only: coturn ignores them once a REST secret is configured.
-    let opts = ServerOpts { secret: None, users: vec![("bob".into(), "hunter2".into())], ..ServerOpts::default() };
+    let opts = ServerOpts {
+        secret: None,
+        users: vec![("bob".into(), "hunter2".into())],
+        ..ServerOpts::default()
+    };
     let server = RunningServer::start(Impl::under_test(), opts);
     let peer = EchoPeer::start();
     // -y: the clients relay to each other's relayed addresses (no external peer).
@@ -189,12 +235,26 @@ fn uclient_wrong_secret_is_refused() {
     let server = RunningServer::start(Impl::under_test(), ServerOpts::default());
     let peer = EchoPeer::start();
     let mut cmd = Command::new("turnutils_uclient");
-    cmd.args(["-p", &server.port.to_string(), "-e", "127.0.0.1", "-r", &peer.port.to_string()])
-        .args(["-n", "3", "-W", "not-the-secret", "-u", "mallory", "127.0.0.1"]);
+    cmd.args([
+        "-p",
+        &server.port.to_string(),
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer.port.to_string(),
+    ])
+    .args(["-n", "3", "-W", "not-the-secret", "-u", "mallory", "127.0.0.1"]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "uclient with a wrong secret succeeded:\n{text}");
-    assert!(text.contains("Cannot complete Allocation"), "unexpected uclient output:\n{text}");
+    assert!(
+        text.contains("Cannot complete Allocation"),
+        "unexpected uclient output:\n{text}"
+    );
 }
 
 #[test]
