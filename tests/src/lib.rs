@@ -179,6 +179,8 @@ pub struct RunningServer {
     pub relay_ports: (u16, u16),
     pub opts: ServerOpts,
     pub log: PathBuf,
+    /// rtc-relay's Prometheus listener on 127.0.0.1 (`None` for coturn).
+    pub metrics_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -201,8 +203,16 @@ impl RunningServer {
                 port,
                 rand::rng().random::<u32>()
             ));
+            let metrics_port = (imp == Impl::RtcRelay).then(free_port);
             let args = match imp {
-                Impl::RtcRelay => rtc_relay_args(&opts, port, relay_ports),
+                Impl::RtcRelay => {
+                    let mut a = rtc_relay_args(&opts, port, relay_ports);
+                    a.extend([
+                        "--metrics-listen".into(),
+                        format!("127.0.0.1:{}", metrics_port.unwrap()),
+                    ]);
+                    a
+                }
                 Impl::Coturn => coturn_args(&opts, port, relay_ports, &log),
             };
             let program = match imp {
@@ -228,6 +238,7 @@ impl RunningServer {
                 relay_ports,
                 opts: opts.clone(),
                 log,
+                metrics_port,
                 child: Some(child),
             };
             match server.wait_ready() {
@@ -270,6 +281,32 @@ impl RunningServer {
         })
     }
 
+    /// rtc-relay's `/metrics` text (empty for coturn or when unreachable).
+    pub fn metrics(&self) -> String {
+        let Some(port) = self.metrics_port else {
+            return String::new();
+        };
+        in_netns(self.opts.netns.as_deref(), move || {
+            let Ok(mut s) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+                return String::new();
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+    }
+
+    /// The non-zero `rtc_relay_drops_total` lines, for failure messages.
+    pub fn drops(&self) -> String {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("rtc_relay_drops_total") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -286,11 +323,17 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        let drops = if std::thread::panicking() {
+            self.drops()
+        } else {
+            String::new()
+        };
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
         if std::thread::panicking() {
+            eprintln!("--- non-zero drop counters of {:?} ---\n{drops}", self.imp);
             eprintln!(
                 "--- last lines of {} ({:?}) ---\n{}",
                 self.log.display(),
