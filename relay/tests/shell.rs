@@ -29,6 +29,7 @@ fn start(shards: usize) -> Running {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         drain_timeout: Duration::from_secs(5),
         shards,
+        generated_secret: None,
     };
     Running::start(cfg).expect("relay starts")
 }
@@ -572,6 +573,7 @@ fn rfc6062_tcp_allocation_connects_accepts_and_splices() {
 struct Binary {
     child: std::process::Child,
     stdout: std::io::BufReader<std::process::ChildStdout>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Binary {
@@ -584,7 +586,16 @@ impl Drop for Binary {
 impl Binary {
     fn start(extra: &[&str]) -> Binary {
         let base = 40000 + (rand::random::<u16>() % 60) * 300;
-        let ports = format!("{base}-{}", base + 299);
+        let mut ports = format!("{base}-{}", base + 299);
+        if let Some(i) = extra.iter().position(|a| *a == "--relay-ports") {
+            ports = extra[i + 1].to_string();
+        }
+        let extra: Vec<&str> = extra
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| **a != "--relay-ports" && (*i == 0 || extra[i - 1] != "--relay-ports"))
+            .map(|(_, a)| *a)
+            .collect();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rtc-relay"))
             .args([
                 "--listen",
@@ -601,13 +612,28 @@ impl Binary {
                 "--metrics-listen",
                 "127.0.0.1:0",
             ])
-            .args(extra)
+            .args(&extra)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stderr(if std::env::var_os("SHELL_TEST_LOG").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::piped()
+            })
             .spawn()
             .expect("rtc-relay starts");
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        Binary { child, stdout }
+        // Drained continuously: a full pipe would block the relay's logging.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Binary { child, stdout, log }
     }
 
     /// The address printed as `listening <proto> <addr>`.
@@ -653,11 +679,9 @@ fn binary_serves_and_exits_on_sigterm_when_idle() {
     bin.signal(libc::SIGTERM);
     let status = bin.wait_exit(Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
-    let mut err = String::new();
-    bin.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    let first = err.lines().next().expect("log lines");
+    let first = eventually("a log line", || bin.log.lock().unwrap().first().cloned());
     assert!(
-        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        serde_json::from_str::<serde_json::Value>(&first).is_ok(),
         "JSON log line: {first}"
     );
 }
@@ -754,6 +778,7 @@ fn binding_over_tls() {
         metrics_listen: None,
         drain_timeout: Duration::from_secs(1),
         shards: 2,
+        generated_secret: None,
     };
     let relay = Running::start(cfg).expect("relay starts");
 
@@ -788,4 +813,86 @@ fn binding_over_tls() {
     assert_eq!(xor_mapped(&resp), local);
     relay.stop().unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Measures resident memory per idle UDP allocation of the binary.
+/// `cargo test -p relay --test shell idle_allocation_memory -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement, opens 2 x N sockets"]
+fn idle_allocation_memory() {
+    let n: usize = std::env::var("ALLOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    // SAFETY: plain rlimit calls on this process.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let mut bin = Binary::start(&["--relay-ports", "20000-59999", "--unauth-rate", "1000000"]);
+    let udp = bin.listening("udp");
+    let transport = (attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]);
+    let probe = udp_client();
+    let resp = udp_transact(
+        &probe,
+        udp,
+        &build(Method::ALLOCATE, std::slice::from_ref(&transport), None),
+    );
+    let m = Message::parse(&resp).unwrap();
+    let realm = m.str_attr(attr::REALM).unwrap().unwrap().to_string();
+    let nonce = m.str_attr(attr::NONCE).unwrap().unwrap().to_string();
+    let expiry = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let username = format!("{expiry}:mem");
+    let key = integrity::long_term_key_md5(&username, &realm, &rest_password(b"bin-secret", &username));
+    let auth = Auth {
+        username,
+        realm,
+        nonce,
+        key,
+    };
+    // Warm up (first allocations grow maps and buffers once).
+    let mut clients = Vec::new();
+    let allocate = |clients: &mut Vec<UdpSocket>| {
+        if clients.len() % 1000 == 0 {
+            eprintln!("{} allocations", clients.len());
+        }
+        let c = udp_client();
+        let resp = udp_transact(
+            &c,
+            udp,
+            &build(Method::ALLOCATE, std::slice::from_ref(&transport), Some(&auth)),
+        );
+        assert_eq!(Message::parse(&resp).unwrap().class(), Class::Success);
+        clients.push(c);
+    };
+    for _ in 0..200 {
+        allocate(&mut clients);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(bin.child.id());
+    let t = Instant::now();
+    for _ in 0..n {
+        allocate(&mut clients);
+    }
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(bin.child.id());
+    println!(
+        "{n} allocations in {took:?}; RSS {before} KiB -> {after} KiB: {:.2} KiB per idle allocation",
+        (after - before) as f64 / n as f64
+    );
 }
