@@ -867,7 +867,7 @@ fn idle_allocation_memory() {
     // Warm up (first allocations grow maps and buffers once).
     let mut clients = Vec::new();
     let allocate = |clients: &mut Vec<UdpSocket>| {
-        if clients.len() % 1000 == 0 {
+        if clients.len().is_multiple_of(1000) {
             eprintln!("{} allocations", clients.len());
         }
         let c = udp_client();
