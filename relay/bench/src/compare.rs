@@ -38,6 +38,8 @@ pub struct CompareArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
     Bare,
+    /// The bare forwarder sending peer -> client as UDP GSO.
+    BareGso,
     Coturn,
     RtcRelay,
 }
@@ -46,13 +48,17 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Bare => "bare",
+            Kind::BareGso => "bare-gso",
             Kind::Coturn => "coturn",
             Kind::RtcRelay => "rtc-relay",
         }
     }
+    fn is_bare(self) -> bool {
+        matches!(self, Kind::Bare | Kind::BareGso)
+    }
     fn port(self) -> u16 {
         match self {
-            Kind::Bare => 3678,
+            Kind::Bare | Kind::BareGso => 3678,
             Kind::Coturn => 3478,
             Kind::RtcRelay => 3578,
         }
@@ -90,8 +96,15 @@ impl Server {
         self.child.id()
     }
     fn stop(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // rtc-relay drains on the first SIGTERM and exits on the second.
+        for _ in 0..2 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -110,13 +123,21 @@ fn log_file(a: &CompareArgs, name: &str) -> std::io::Result<(File, File)> {
 }
 
 fn start(a: &CompareArgs, kind: Kind, round: usize) -> Result<Server, String> {
+    // rtc-relay binds with SO_REUSEPORT: a stale server on the port would
+    // silently take part of the traffic while we measure the new one.
+    if let Some(pid) = idle::pid_of_udp_port(kind.port()) {
+        return Err(format!("UDP port {} is already in use by pid {pid}", kind.port()));
+    }
     let (out, err) = log_file(a, &format!("{}-round{round}.log", kind.name())).map_err(|e| e.to_string())?;
     let mut cmd = match kind {
-        Kind::Bare => {
+        Kind::Bare | Kind::BareGso => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let mut c = Command::new(exe);
             c.args(["bare-forwarder", "--listen", &kind.addr().to_string()]);
             c.args(["--peer", &format!("127.0.0.1:{BARE_PEER_PORT}"), "--max-seconds", "900"]);
+            if kind == Kind::BareGso {
+                c.arg("--gso");
+            }
             c
         }
         Kind::Coturn => {
@@ -141,7 +162,7 @@ fn start(a: &CompareArgs, kind: Kind, round: usize) -> Result<Server, String> {
             ]);
             c.args(["--allow-loopback-peers", "--no-multicast-peers"]);
             c.args(["--relay-threads", &a.relay_threads.to_string()]);
-            c.args(["--min-port", "40000", "--max-port", "49151"]);
+            c.args(["--min-port", "8000", "--max-port", "19999"]);
             c.args(["--pidfile", &a.workdir.join("turnserver.pid").to_string_lossy()]);
             c
         }
@@ -165,7 +186,7 @@ fn start(a: &CompareArgs, kind: Kind, round: usize) -> Result<Server, String> {
         .map_err(|e| format!("starting {}: {e}", kind.name()))?;
     let mut s = Server { child, kind };
     let ready = match kind {
-        Kind::Bare => {
+        Kind::Bare | Kind::BareGso => {
             std::thread::sleep(Duration::from_millis(300));
             Ok(())
         }
@@ -332,8 +353,16 @@ fn row_from_load(round: usize, kind: Kind, load: &'static str, r: &LoadReport) -
         cycles_per_dgram: s.cycles_per_datagram,
         peak_rss_kib: s.peak_rss_kib,
         note: format!(
-            "{} rt, rtt p50/p99 {}/{} us, stalls {}, malformed {}, {} server threads",
-            r.round_trips, r.rtt_p50_us, r.rtt_p99_us, r.stalls, r.malformed, s.threads
+            "{} rt, rtt p50/p99 {}/{} us, stalls {}, malformed {}, {} server threads, cores: server {:.2} gen {:.2} other {:.2}",
+            r.round_trips,
+            r.rtt_p50_us,
+            r.rtt_p99_us,
+            r.stalls,
+            r.malformed,
+            s.threads,
+            s.cpu.as_secs_f64() / r.elapsed.as_secs_f64().max(1e-9),
+            r.generator_cpu.as_secs_f64() / r.elapsed.as_secs_f64().max(1e-9),
+            r.machine_cpu.saturating_sub(s.cpu + r.generator_cpu).as_secs_f64() / r.elapsed.as_secs_f64().max(1e-9)
         ),
     }
 }
@@ -352,6 +381,12 @@ fn print_row(r: &Row) {
         r.peak_rss_kib,
         r.note
     );
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -382,6 +417,7 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
         if cycles { "perf stat" } else { "n/a (perf stat -e cycles not supported here)" },
         a.workdir.display()
     );
+    println!("load average at the start: {}", loadavg());
     let mut rows = Vec::new();
     let mut idle_rows: Vec<(Kind, f64, usize)> = Vec::new();
     for round in 1..=a.rounds {
@@ -406,8 +442,8 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
                 seconds: a.seconds,
                 warmup: a.warmup,
                 drain: 1.0,
-                bare: kind == Kind::Bare,
-                peer_bind: if kind == Kind::Bare {
+                bare: kind.is_bare(),
+                peer_bind: if kind.is_bare() {
                     SocketAddr::from(([127, 0, 0, 1], BARE_PEER_PORT))
                 } else {
                     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -416,7 +452,7 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
                 perf: true,
                 stall_ms: 100,
             };
-            let label = if kind == Kind::Bare { "load --bare" } else { "load" };
+            let label = if kind.is_bare() { "load --bare" } else { "load" };
             match load::run(&la) {
                 Ok(r) => {
                     let row = row_from_load(round, kind, label, &r);
@@ -425,7 +461,7 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
                 }
                 Err(e) => println!("round {round} {} {label}: failed: {e}", kind.name()),
             }
-            if kind != Kind::Bare && a.uclient_msgs > 0 {
+            if !kind.is_bare() && a.uclient_msgs > 0 {
                 match run_uclient(a, &s, round) {
                     Ok(row) => {
                         print_row(&row);
@@ -435,7 +471,7 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
                 }
             }
             s.stop();
-            if kind != Kind::Bare && a.idle_allocations > 0 && round == 1 {
+            if !kind.is_bare() && a.idle_allocations > 0 && round == 1 {
                 // A fresh server for the idle measurement.
                 match start(a, kind, 0) {
                     Ok(s) => {
@@ -462,6 +498,7 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
         }
     }
     summarize(&rows, &idle_rows);
+    println!("load average at the end: {}", loadavg());
     Ok(rows)
 }
 
@@ -471,7 +508,7 @@ fn summarize(rows: &[Row], idle_rows: &[(Kind, f64, usize)]) {
         median(rows.iter().filter(|r| r.server == k && r.load == load).map(f).collect())
     };
     let loads = ["load", "load --bare", "turnutils_uclient"];
-    for k in [Kind::Bare, Kind::Coturn, Kind::RtcRelay] {
+    for k in [Kind::Bare, Kind::BareGso, Kind::Coturn, Kind::RtcRelay] {
         for l in loads {
             let Some(rt) = pick(k, l, |r| r.rt_per_s) else { continue };
             let us = pick(k, l, |r| r.us_per_dgram).unwrap_or(0.0);
@@ -499,6 +536,10 @@ fn summarize(rows: &[Row], idle_rows: &[(Kind, f64, usize)]) {
         ratio(us(Kind::RtcRelay, "load"), us(Kind::Coturn, "load")),
         ratio(us(Kind::RtcRelay, "turnutils_uclient"), us(Kind::Coturn, "turnutils_uclient")),
         ratio(us(Kind::RtcRelay, "load"), us(Kind::Bare, "load --bare"))
+    );
+    println!(
+        "  cpu/dgram ratio rtc-relay/bare-gso: {} (load vs load --bare)",
+        ratio(us(Kind::RtcRelay, "load"), us(Kind::BareGso, "load --bare"))
     );
     println!(
         "  throughput ratio rtc-relay/coturn: {} (load); rtc-relay/bare: {}; coturn/bare cpu: {}",

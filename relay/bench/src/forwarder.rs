@@ -17,6 +17,8 @@ pub struct ForwarderArgs {
     pub peer: SocketAddr,
     pub channel: u16,
     pub max_seconds: u64,
+    /// Peer -> client as one UDP GSO send per batch instead of sendmmsg.
+    pub gso: bool,
 }
 
 fn pack(a: SocketAddr) -> u64 {
@@ -45,19 +47,58 @@ pub fn run(args: ForwarderArgs) -> std::io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let client = Arc::new(AtomicU64::new(0));
     eprintln!(
-        "bare-forwarder: listen {} relay {} -> peer {} (stops after {} s)",
+        "bare-forwarder: listen {} relay {} -> peer {} (stops after {} s, peer->client {})",
         listen.local_addr()?,
         relay.local_addr()?,
         args.peer,
-        args.max_seconds
+        args.max_seconds,
+        if args.gso { "GSO" } else { "sendmmsg" }
     );
 
     let (l2, r2, c2) = (listen.try_clone()?, relay.try_clone()?, client.clone());
-    let rev = std::thread::spawn(move || reverse(l2, r2, c2, args.channel, deadline));
+    let gso = args.gso;
+    let rev = std::thread::spawn(move || reverse(l2, r2, c2, args.channel, deadline, gso));
     let fwd = forward(&listen, &relay, &client, deadline);
     let back = rev.join().unwrap_or(Ok(0));
     eprintln!("bare-forwarder: forwarded {} to peer, {} to client", fwd?, back?);
     Ok(())
+}
+
+/// Average recvmmsg batch, printed every 5 s while traffic flows.
+struct BatchStats {
+    dir: &'static str,
+    calls: u64,
+    dgrams: u64,
+    since: Instant,
+}
+
+impl BatchStats {
+    fn new(dir: &'static str) -> Self {
+        BatchStats {
+            dir,
+            calls: 0,
+            dgrams: 0,
+            since: Instant::now(),
+        }
+    }
+    fn add(&mut self, n: usize) {
+        if n > 0 {
+            self.calls += 1;
+            self.dgrams += n as u64;
+        }
+        if self.since.elapsed() >= Duration::from_secs(5) {
+            if self.calls > 0 {
+                eprintln!(
+                    "bare-forwarder {}: {} datagrams in {} recvmmsg calls, {:.2} per batch",
+                    self.dir,
+                    self.dgrams,
+                    self.calls,
+                    self.dgrams as f64 / self.calls as f64
+                );
+            }
+            *self = BatchStats::new(self.dir);
+        }
+    }
 }
 
 /// client -> peer.
@@ -65,8 +106,10 @@ fn forward(listen: &UdpSocket, relay: &UdpSocket, client: &AtomicU64, deadline: 
     let mut b = Batch::new();
     let mut total = 0u64;
     let mut last = 0u64;
+    let mut stats = BatchStats::new("client->peer");
     while Instant::now() < deadline {
         let n = b.recv(listen.as_raw_fd(), 0, libc::MSG_WAITFORONE)?;
+        stats.add(n);
         if n == 0 {
             continue;
         }
@@ -104,12 +147,15 @@ fn reverse(
     client: Arc<AtomicU64>,
     channel: u16,
     deadline: Instant,
+    gso: bool,
 ) -> std::io::Result<u64> {
     let mut b = Batch::new();
     let mut total = 0u64;
     let ch = channel.to_be_bytes();
+    let mut stats = BatchStats::new("peer->client");
     while Instant::now() < deadline {
         let n = b.recv(relay.as_raw_fd(), 4, libc::MSG_WAITFORONE)?;
+        stats.add(n);
         if n == 0 {
             continue;
         }
@@ -125,7 +171,11 @@ fn reverse(
             b.len[i] = len + 4;
             b.set_addr(i, to);
         }
-        total += b.send(listen.as_raw_fd(), n, true, 0)? as u64;
+        total += if gso {
+            b.send_gso(listen.as_raw_fd(), n, to)?
+        } else {
+            b.send(listen.as_raw_fd(), n, true, 0)?
+        } as u64;
     }
     Ok(total)
 }

@@ -78,6 +78,8 @@ pub struct LoadReport {
     pub lost: u64,
     pub loss_pct: f64,
     pub malformed: u64,
+    /// recvmmsg errors on client sockets (ICMP port unreachable and the like).
+    pub recv_errors: u64,
     pub stun_in_band: u64,
     pub stalls: u64,
     pub echoed: u64,
@@ -85,6 +87,11 @@ pub struct LoadReport {
     pub rtt_p99_us: u32,
     pub rtt_max_us: u32,
     pub server: Option<ServerUsage>,
+    /// CPU of this generator process over the measured interval.
+    pub generator_cpu: Duration,
+    /// Busy CPU of the whole machine over the measured interval; minus the
+    /// server and the generator, it is what else ran (other builds, tests).
+    pub machine_cpu: Duration,
 }
 
 struct ClientState {
@@ -296,9 +303,11 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
     let mut rx = Batch::new();
     let mut tx = Batch::new();
     let (mut sent, mut received, mut malformed, mut stun_in_band, mut stalls) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut recv_errors = 0u64;
     let mut rtts: Vec<u32> = Vec::with_capacity(1 << 16);
     let mut rtt_max = 0u32;
     let mut warm: Option<(Instant, u64, Option<Duration>)> = None;
+    let mut warm_other = (Duration::ZERO, Duration::ZERO);
     let mut perf = None;
     let mut last_check = base;
 
@@ -333,6 +342,10 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
         if warm.is_none() && now >= warm_end {
             let cpu = a.server_pid.and_then(|p| sys::proc_cpu(p).ok());
             warm = Some((now, received, cpu));
+            warm_other = (
+                sys::proc_cpu(std::process::id()).unwrap_or_default(),
+                sys::machine_busy().unwrap_or_default(),
+            );
             if a.perf && cycles_supported() {
                 perf = a.server_pid.and_then(PerfStat::start);
             }
@@ -361,7 +374,7 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
                     Ok(n) => n,
                     // ICMP errors surface here; they are not ours to stop on.
                     Err(_) => {
-                        malformed += 1;
+                        recv_errors += 1;
                         0
                     }
                 };
@@ -411,6 +424,10 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
         }
     }
     let end = Instant::now();
+    let generator_cpu = sys::proc_cpu(std::process::id())
+        .unwrap_or_default()
+        .saturating_sub(warm_other.0);
+    let machine_cpu = sys::machine_busy().unwrap_or_default().saturating_sub(warm_other.1);
     let cycles = perf.and_then(PerfStat::stop);
     let (w_at, w_recv, w_cpu) = warm.unwrap_or((base, 0, None));
     let elapsed = end.duration_since(w_at);
@@ -454,6 +471,7 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
             0.0
         },
         malformed,
+        recv_errors,
         stun_in_band,
         stalls,
         echoed: echoed.load(Ordering::Relaxed),
@@ -461,6 +479,8 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
         rtt_p99_us: pct(0.99).unwrap_or(0),
         rtt_max_us: rtt_max,
         server,
+        generator_cpu,
+        machine_cpu,
     })
 }
 
@@ -477,13 +497,14 @@ impl LoadReport {
             self.handshake.as_secs_f64()
         );
         println!(
-            "{label}: sent {} received {} lost {} ({:.4}%), stalls {}, malformed {}, stun {}, peer echoed {}",
+            "{label}: sent {} received {} lost {} ({:.4}%), stalls {}, malformed {}, recv errors {}, stun {}, peer echoed {}",
             self.sent_total,
             self.received_total,
             self.lost,
             self.loss_pct,
             self.stalls,
             self.malformed,
+            self.recv_errors,
             self.stun_in_band,
             self.echoed
         );

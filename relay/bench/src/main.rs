@@ -26,7 +26,7 @@ struct Cli {
 /// peers, no TLS, no metrics, one shard per core, and 401s not rate-limited
 /// (coturn has no such limit; turnutils_uclient sends a burst of them).
 const DEFAULT_RTC_ARGS: &str = "--listen {listen} --realm {realm} --auth-secret {secret} --allow-loopback-peers \
-     --unauth-rate 1000000 --relay-ports 50000-60999";
+     --unauth-rate 1000000 --relay-ports 20000-32767";
 
 #[derive(Subcommand)]
 enum Cmd {
@@ -41,6 +41,9 @@ enum Cmd {
         /// Exits by itself after this long.
         #[arg(long, default_value_t = 900)]
         max_seconds: u64,
+        /// Peer -> client as one UDP GSO send per batch (what rtc-relay does towards clients).
+        #[arg(long)]
+        gso: bool,
     },
     /// Closed-loop ChannelData load through a TURN server (or the bare forwarder with --bare).
     Load {
@@ -115,7 +118,7 @@ enum Cmd {
         /// Also measure RSS per idle allocation (first round); 0 skips.
         #[arg(long, default_value_t = 0)]
         idle_allocations: usize,
-        /// Which servers: any of bare, coturn, rtc-relay.
+        /// Which servers: any of bare, bare-gso, coturn, rtc-relay.
         #[arg(long, value_delimiter = ',', default_value = "bare,coturn,rtc-relay")]
         servers: Vec<String>,
         #[arg(long, default_value = "/tmp/relay-bench")]
@@ -153,11 +156,13 @@ fn main() -> ExitCode {
             peer,
             channel,
             max_seconds,
+            gso,
         } => forwarder::run(forwarder::ForwarderArgs {
             listen,
             peer,
             channel,
             max_seconds,
+            gso,
         })
         .map_err(|e| e.to_string()),
         Cmd::Load {
@@ -225,6 +230,7 @@ fn main() -> ExitCode {
             for s in servers {
                 kinds.push(match s.as_str() {
                     "bare" => compare::Kind::Bare,
+                    "bare-gso" => compare::Kind::BareGso,
                     "coturn" => compare::Kind::Coturn,
                     "rtc-relay" => compare::Kind::RtcRelay,
                     other => return fail(&format!("unknown server {other}")),

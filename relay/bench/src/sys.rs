@@ -152,6 +152,57 @@ impl Batch {
     }
 }
 
+impl Batch {
+    /// Sends slots `0..n` to `to` as one UDP GSO send (UDP_SEGMENT), the way a
+    /// relay can coalesce a run of datagrams to one destination. All slots but
+    /// the last must have the same length. Falls back to [`Batch::send`] when
+    /// they do not or the kernel refuses.
+    pub fn send_gso(&mut self, fd: RawFd, n: usize, to: SocketAddr) -> io::Result<usize> {
+        if n == 0 {
+            return Ok(0);
+        }
+        let seg = self.len[0];
+        let uniform = (0..n).all(|i| self.len[i] != SKIP && self.len[i] <= seg && (i == n - 1 || self.len[i] == seg));
+        if n == 1 || !uniform || seg == 0 {
+            for i in 0..n {
+                self.set_addr(i, to);
+            }
+            return self.send(fd, n, true, 0);
+        }
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..n {
+            self.iovs[i].iov_base = unsafe { base.add(i * SLOT + self.off[i]) } as *mut libc::c_void;
+            self.iovs[i].iov_len = self.len[i];
+        }
+        let mut addr = to_storage(to);
+        // cmsg buffer for one u16, aligned.
+        let mut cbuf = [0u64; 4];
+        // SAFETY: msghdr and cmsg built over live local buffers of sufficient size.
+        let r = unsafe {
+            let mut h: libc::msghdr = mem::zeroed();
+            h.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+            h.msg_namelen = storage_len(&addr);
+            h.msg_iov = self.iovs.as_mut_ptr();
+            h.msg_iovlen = n as _;
+            h.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = libc::CMSG_SPACE(mem::size_of::<u16>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&h);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = libc::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg as u16);
+            libc::sendmsg(fd, &h, 0)
+        };
+        if r < 0 {
+            for i in 0..n {
+                self.set_addr(i, to);
+            }
+            return self.send(fd, n, true, 0);
+        }
+        Ok(n)
+    }
+}
+
 fn storage_len(s: &libc::sockaddr_storage) -> libc::socklen_t {
     if s.ss_family as i32 == libc::AF_INET6 {
         mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
@@ -304,6 +355,23 @@ pub fn proc_rss_kib(pid: u32) -> io::Result<(u64, u64)> {
             .unwrap_or(0)
     };
     Ok((get("VmRSS:"), get("VmHWM:")))
+}
+
+/// Busy CPU time of the whole machine (all cores, everything but idle and
+/// iowait) from /proc/stat.
+pub fn machine_busy() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().next()?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest is included in user).
+    let busy: u64 = f
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    Some(Duration::from_nanos(busy * 1_000_000_000 / clk_tck()))
 }
 
 /// Number of threads of a process.
