@@ -1,0 +1,24 @@
+//! The control plane: rooms, participants, permissions, and the signalling
+//! that tells the media plane what to do.
+//!
+//! # Design
+//! - [`model`] holds the plain data every part shares (rooms, participants,
+//!   tracks, permissions), serialised the same way in the REST API, the
+//!   WebSocket protocol, webhooks and the store.
+//! - [`auth`] verifies and mints access tokens (JWT, HS256) and turns their
+//!   grants into [`model::Permissions`].
+//! - [`store`] keeps room and participant records behind the [`store::Store`]
+//!   trait (in memory now; Redis when rooms span nodes). Live connections are
+//!   node-local and never live in the store.
+//! - [`room`] is the room service: the single place where permissions are
+//!   enforced and state changes turn into events for sessions, webhooks and
+//!   the media plane.
+//! - [`api`] (REST, axum) and [`ws`] (WebSocket signalling) are thin shells
+//!   over the room service; [`webhooks`] delivers events without ever
+//!   blocking it.
+//!
+//! The media plane never waits on this crate: commands to it go through
+//! channels, and nothing here sits on a packet's path.
+
+pub mod auth;
+pub mod model;
