@@ -552,3 +552,53 @@ mod tests {
         assert_eq!(parse_perf_cycles("<not supported>,,cycles,0,100.00,,\n"), None);
     }
 }
+
+#[cfg(test)]
+mod smoke {
+    use super::*;
+
+    fn free_port() -> u16 {
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    /// The bare forwarder and the `--bare` load against each other for a moment.
+    #[test]
+    fn bare_forwarder_round_trips() {
+        let (fport, pport) = (free_port(), free_port());
+        let listen = SocketAddr::from(([127, 0, 0, 1], fport));
+        let peer = SocketAddr::from(([127, 0, 0, 1], pport));
+        std::thread::spawn(move || {
+            let args = crate::forwarder::ForwarderArgs {
+                listen,
+                peer,
+                channel: CHANNEL,
+                max_seconds: 3,
+                gso: false,
+            };
+            let _ = crate::forwarder::run(args);
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let a = LoadArgs {
+            server: listen,
+            secret: String::new(),
+            clients: 2,
+            window: 4,
+            size: 64,
+            seconds: 0.3,
+            warmup: 0.1,
+            drain: 0.5,
+            bare: true,
+            peer_bind: peer,
+            server_pid: None,
+            perf: false,
+            stall_ms: 100,
+        };
+        let r = run(&a).expect("load runs");
+        assert!(r.round_trips > 0, "{r:?}");
+        assert_eq!(r.malformed, 0);
+        assert_eq!(r.lost, 0, "{r:?}");
+    }
+}
