@@ -22,3 +22,5 @@
 
 pub mod auth;
 pub mod model;
+pub mod metrics;
+pub mod webhooks;
