@@ -153,7 +153,12 @@ impl Shard {
             self.count_drop();
             return;
         };
-        if let Err(e) = sock.try_send_to(data, peer) {
+        // A direct sendto on the non-blocking socket: tokio's try_send_to
+        // answers WouldBlock until the reactor has seen the socket writable,
+        // which for a freshly bound relay socket drops the first datagrams
+        // (the ICE checks right after Allocate). The kernel's EAGAIN is the
+        // only backpressure that means anything here.
+        if let Err(e) = socket2::SockRef::from(&**sock).send_to(data, &peer.into()) {
             if e.kind() != std::io::ErrorKind::WouldBlock {
                 tracing::debug!(error = %e, %peer, relay = relay.0, "send to peer failed");
             }

@@ -95,7 +95,10 @@ impl Stats {
         self.auth_failures[why as usize] += 1;
     }
     pub fn allocation_ended(&mut self, lived_secs: f64) {
-        let i = LIFETIME_BUCKETS.iter().position(|b| lived_secs <= *b).unwrap_or(LIFETIME_BUCKETS.len());
+        let i = LIFETIME_BUCKETS
+            .iter()
+            .position(|b| lived_secs <= *b)
+            .unwrap_or(LIFETIME_BUCKETS.len());
         self.lifetime_counts[i] += 1;
         self.lifetime_sum_secs += lived_secs;
     }
