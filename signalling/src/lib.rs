@@ -30,3 +30,4 @@ pub mod room;
 pub mod ws;
 pub mod api;
 pub mod state;
+pub mod config;

@@ -298,11 +298,15 @@ impl Webhooks {
     }
 }
 
-fn check_url(url: &str) -> Result<(), WebhookError> {
-    let ok = reqwest::Url::parse(url)
+/// Whether `url` is an absolute http(s) URL with a host.
+pub fn valid_url(url: &str) -> bool {
+    reqwest::Url::parse(url)
         .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .unwrap_or(false);
-    if ok {
+        .unwrap_or(false)
+}
+
+fn check_url(url: &str) -> Result<(), WebhookError> {
+    if valid_url(url) {
         Ok(())
     } else {
         Err(WebhookError::BadUrl { url: url.to_string() })
