@@ -191,6 +191,9 @@ async fn tokens_missing_expired_or_badly_signed_are_401() {
     }
 }
 
+/// Method, path, body, the grant at stake, and (token, expected status) pairs.
+type Case<'a> = (&'a str, String, Option<&'a str>, &'a str, Vec<(&'a str, u16)>);
+
 #[tokio::test]
 async fn each_grant_is_required() {
     let s = start().await;
@@ -234,7 +237,7 @@ async fn each_grant_is_required() {
         },
     );
     let mute = format!("/v1/rooms/r/participants/p/tracks/{track_sid}/mute");
-    let cases: Vec<(&str, String, Option<&str>, &str, Vec<(&str, u16)>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/v1/rooms".into(),

@@ -227,6 +227,9 @@ pub struct Joined {
     pub close: watch::Receiver<Option<String>>,
 }
 
+/// The close reason of a session whose outbound queue overflowed.
+pub const SLOW_CLIENT: &str = "slow_client";
+
 struct Conn {
     id: u64,
     tx: mpsc::Sender<ServerMessage>,
@@ -241,7 +244,7 @@ impl Conn {
                 // The session task will notice, close the socket and report the drop.
                 self.close.send_if_modified(|r| {
                     if r.is_none() {
-                        *r = Some("slow_client".into());
+                        *r = Some(SLOW_CLIENT.into());
                         true
                     } else {
                         false
@@ -1233,7 +1236,7 @@ impl RoomService {
             let Some(s) = live.get_mut(&h.room).and_then(|lr| lr.sessions.get_mut(&h.identity)) else {
                 return;
             };
-            if s.sid != h.sid || !s.conn.as_ref().is_some_and(|c| c.id == h.conn_id) {
+            if s.sid != h.sid || s.conn.as_ref().is_none_or(|c| c.id != h.conn_id) {
                 return;
             }
             s.conn = None;

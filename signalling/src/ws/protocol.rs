@@ -121,6 +121,9 @@ pub struct IceServer {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// `joined` is large but sent once per session; boxing it would only cost the
+// frequent small messages an indirection in serde.
+#[allow(clippy::large_enum_variant)]
 pub enum ServerMessage {
     Joined {
         room: Room,
@@ -265,7 +268,7 @@ pub fn decode(text: &str) -> (Option<u64>, Result<ClientMessage, DecodeError>) {
         Ok(env) => (id, Ok(env.message)),
         Err(e) => {
             let detail = e.to_string();
-            if detail.starts_with("unknown variant") {
+            if detail.starts_with(&format!("unknown variant `{kind}`")) {
                 (id, Err(DecodeError::UnknownType(kind)))
             } else {
                 (id, Err(DecodeError::Invalid { kind, detail }))

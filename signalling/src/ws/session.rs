@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
+use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::debug;
 
 use super::protocol::{decode, encode, ClientMessage, ServerMessage};
 use crate::model::now_ms;
-use crate::room::{Caller, RoomError, RoomService, SessionHandle};
+use crate::room::{Caller, RoomError, RoomService, SessionHandle, SLOW_CLIENT};
 
 #[derive(Clone, Debug)]
 pub struct SessionLimits {
@@ -98,6 +99,9 @@ struct Session {
     rooms: RoomService,
     limits: SessionLimits,
     bucket: Bucket,
+    /// Set once joined: lets a blocked write give up as soon as the room
+    /// service declares this client too slow.
+    close: Option<watch::Receiver<Option<String>>>,
 }
 
 fn error_msg(code: &str, message: impl Into<String>) -> ServerMessage {
@@ -122,10 +126,19 @@ enum Incoming {
 impl Session {
     async fn send(&mut self, id: Option<u64>, msg: &ServerMessage) -> bool {
         let text = encode(id, msg);
-        matches!(
-            timeout(self.limits.write_timeout, self.socket.send(Message::Text(text.into()))).await,
-            Ok(Ok(()))
-        )
+        let write = timeout(self.limits.write_timeout, self.socket.send(Message::Text(text.into())));
+        match &self.close {
+            Some(close) => {
+                let mut close = close.clone();
+                tokio::select! {
+                    r = write => matches!(r, Ok(Ok(()))),
+                    // `Err` (the room service dropped the session) must not
+                    // abort the write: the final `leave` is sent that way.
+                    Ok(_) = close.wait_for(|r| r.as_deref() == Some(SLOW_CLIENT)) => false,
+                }
+            }
+            None => matches!(write.await, Ok(Ok(()))),
+        }
     }
 
     /// Turns one WebSocket frame into a client message, answering problems itself.
@@ -196,6 +209,7 @@ pub async fn run_session(socket: WebSocket, rooms: RoomService, caller: Caller, 
         rooms,
         limits,
         bucket,
+        close: None,
     };
 
     // Until a join succeeds, only join (and ping) are understood.
@@ -257,6 +271,7 @@ pub async fn run_session(socket: WebSocket, rooms: RoomService, caller: Caller, 
     let handle = joined.handle;
     let mut events = joined.events;
     let mut close = joined.close;
+    s.close = Some(close.clone());
     debug!(room = %handle.room, identity = %handle.identity, "session joined");
 
     let mut alive = s.send(join_id, &joined.message).await;
@@ -266,6 +281,11 @@ pub async fn run_session(socket: WebSocket, rooms: RoomService, caller: Caller, 
             if let Err(e) = s.rooms.publish(&handle, track, now_ms()).await {
                 alive = s.send(join_id, &room_error(&e)).await;
             }
+        }
+        // The `track_published` replies go out before the answer, as they would
+        // for separate publish messages.
+        while let (true, Ok(msg)) = (alive, events.try_recv()) {
+            alive = s.send(None, &msg).await;
         }
         if let Some(sdp) = offer {
             let reply = match s.rooms.offer(&handle, crate::media::Target::Publisher, sdp).await {
@@ -286,7 +306,13 @@ pub async fn run_session(socket: WebSocket, rooms: RoomService, caller: Caller, 
                     Incoming::Message(id, msg) => match handle_message(&mut s, &handle, id, msg).await {
                         Some(Step::Continue) => {}
                         Some(Step::Leave) => {
-                            let _ = s.socket.send(Message::Close(None)).await;
+                            // The confirming `leave` is already queued.
+                            while let Ok(msg) = events.try_recv() {
+                                if !s.send(None, &msg).await {
+                                    break;
+                                }
+                            }
+                            let _ = timeout(s.limits.write_timeout, s.socket.send(Message::Close(None))).await;
                             return;
                         }
                         None => alive = false,
