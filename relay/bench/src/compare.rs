@@ -19,6 +19,7 @@ pub struct CompareArgs {
     pub clients: usize,
     pub window: usize,
     pub size: usize,
+    pub rate: Option<f64>,
     pub secret: String,
     pub realm: String,
     pub rtc_relay: PathBuf,
@@ -407,13 +408,14 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
     sys::raise_nofile(65536);
     let cycles = load::cycles_supported();
     println!(
-        "compare: {} rounds x {} s (+{} s warmup), {} clients x window {}, payload {} B; cycles counter: {}; logs in {}",
+        "compare: {} rounds x {} s (+{} s warmup), {} clients x window {}, payload {} B, {}; cycles counter: {}; logs in {}",
         a.rounds,
         a.seconds,
         a.warmup,
         a.clients,
         a.window,
         a.size,
+        a.rate.map(|r| format!("open loop at {r:.0} round trips/s")).unwrap_or_else(|| "closed loop".into()),
         if cycles { "perf stat" } else { "n/a (perf stat -e cycles not supported here)" },
         a.workdir.display()
     );
@@ -451,6 +453,7 @@ pub fn run(a: &CompareArgs) -> std::io::Result<Vec<Row>> {
                 server_pid: Some(s.pid()),
                 perf: true,
                 stall_ms: 100,
+                rate: a.rate,
             };
             let label = if kind.is_bare() { "load --bare" } else { "load" };
             match load::run(&la) {

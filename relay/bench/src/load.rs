@@ -51,6 +51,9 @@ pub struct LoadArgs {
     pub perf: bool,
     /// A client whose packets have not come back for this long gets its window refilled.
     pub stall_ms: u64,
+    /// Open loop: send at most this many datagrams per second in total (the
+    /// window still caps what is in flight). `None`: as fast as the window allows.
+    pub rate: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -311,9 +314,22 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
     let mut perf = None;
     let mut last_check = base;
 
-    let fill = |c: &mut ClientState, idx: u32, tx: &mut Batch, sent: &mut u64, now_ns: u64| -> std::io::Result<()> {
-        while c.in_flight < window {
-            let k = (window - c.in_flight).min(BATCH);
+    // Open-loop pacing: a token bucket of datagrams to send; unlimited when no --rate.
+    let paced = a.rate.is_some_and(|r| r > 0.0);
+    let rate = a.rate.unwrap_or(0.0);
+    let burst = (rate * 0.002).max(BATCH as f64);
+    let mut budget = if paced { 0.0 } else { f64::INFINITY };
+    let mut last_refill = Instant::now();
+    let mut rot = 0usize;
+    let fill = |c: &mut ClientState,
+                idx: u32,
+                tx: &mut Batch,
+                sent: &mut u64,
+                budget: &mut f64,
+                now_ns: u64|
+     -> std::io::Result<()> {
+        while c.in_flight < window && *budget >= 1.0 {
+            let k = (window - c.in_flight).min(BATCH).min(budget.min(BATCH as f64) as usize);
             for i in 0..k {
                 let seq = c.seq + i as u64;
                 let n = write_packet(tx.slot_mut_full(i), a.size, idx, seq, now_ns);
@@ -321,9 +337,14 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
                 tx.len[i] = n;
             }
             let s = tx.send(c.sock.as_raw_fd(), k, false, libc::MSG_DONTWAIT)?;
+            if c.in_flight == 0 && s > 0 {
+                // Nothing was outstanding: the stall clock starts now, not at the last reply.
+                c.last_progress = Instant::now();
+            }
             c.seq += s as u64;
             c.in_flight += s;
             *sent += s as u64;
+            *budget -= s as f64;
             if s < k {
                 break;
             }
@@ -333,7 +354,7 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
 
     for (i, c) in clients.iter_mut().enumerate() {
         c.last_progress = base;
-        fill(c, i as u32, &mut tx, &mut sent, 0)?;
+        fill(c, i as u32, &mut tx, &mut sent, &mut budget, 0)?;
     }
 
     loop {
@@ -356,8 +377,13 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
                 break;
             }
         }
+        if paced {
+            let t = Instant::now();
+            budget = (budget + rate * t.duration_since(last_refill).as_secs_f64()).min(burst);
+            last_refill = t;
+        }
         // SAFETY: fds is a live array of pollfd.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 5) };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, if paced { 1 } else { 5 }) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINTR) {
@@ -399,7 +425,7 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
                 }
                 c.last_progress = Instant::now();
                 if sending {
-                    fill(c, i as u32, &mut tx, &mut sent, now_ns)?;
+                    fill(c, i as u32, &mut tx, &mut sent, &mut budget, now_ns)?;
                 }
                 if n < BATCH {
                     break;
@@ -407,10 +433,15 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
             }
         }
         let now = Instant::now();
-        if now.duration_since(last_check) >= Duration::from_millis(10) {
+        if paced || now.duration_since(last_check) >= Duration::from_millis(10) {
             last_check = now;
             let now_ns = base.elapsed().as_nanos() as u64;
-            for (i, c) in clients.iter_mut().enumerate() {
+            // Start at a different client each time so paced tokens are shared fairly.
+            rot = (rot + 1) % clients.len();
+            let nc = clients.len();
+            for k in 0..nc {
+                let i = (rot + k) % nc;
+                let c = &mut clients[i];
                 if c.in_flight > 0 && now.duration_since(c.last_progress) >= stall {
                     // Presume the outstanding packets lost; late arrivals still count as received.
                     stalls += 1;
@@ -418,7 +449,7 @@ fn drive(a: &LoadArgs, peer_addr: SocketAddr, echoed: &AtomicU64) -> Result<Load
                     c.last_progress = now;
                 }
                 if sending && c.in_flight < window {
-                    fill(c, i as u32, &mut tx, &mut sent, now_ns)?;
+                    fill(c, i as u32, &mut tx, &mut sent, &mut budget, now_ns)?;
                 }
             }
         }
@@ -595,6 +626,7 @@ mod smoke {
             server_pid: None,
             perf: false,
             stall_ms: 100,
+            rate: None,
         };
         let r = run(&a).expect("load runs");
         assert!(r.round_trips > 0, "{r:?}");

@@ -78,6 +78,9 @@ enum Cmd {
         server_pid: Option<u32>,
         #[arg(long, default_value_t = 100)]
         stall_ms: u64,
+        /// Open loop: offered round trips per second in total (the window still caps what is in flight).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// rtc-relay vs coturn vs the bare forwarder, same loads, alternating, several rounds.
     Compare {
@@ -93,6 +96,9 @@ enum Cmd {
         window: usize,
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Open loop: offered round trips per second for `load` (default: closed loop, as fast as the window allows).
+        #[arg(long)]
+        rate: Option<f64>,
         #[arg(long, default_value = "bench-secret")]
         secret: String,
         #[arg(long, default_value = "bench.local")]
@@ -179,6 +185,7 @@ fn main() -> ExitCode {
             peer_bind,
             server_pid: pid,
             stall_ms,
+            rate,
         } => {
             if transport != "udp" {
                 return fail("only --transport udp is implemented");
@@ -201,6 +208,7 @@ fn main() -> ExitCode {
                 server_pid: pid,
                 perf: true,
                 stall_ms,
+                rate,
             };
             load::run(&a)
                 .map(|r| r.print(if bare { "load --bare" } else { "load" }))
@@ -213,6 +221,7 @@ fn main() -> ExitCode {
             clients,
             window,
             size,
+            rate,
             secret,
             realm,
             rtc_relay,
@@ -243,6 +252,7 @@ fn main() -> ExitCode {
                 clients,
                 window,
                 size,
+                rate,
                 secret,
                 realm,
                 rtc_relay,
