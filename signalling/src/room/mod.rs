@@ -1471,3 +1471,6 @@ impl RoomService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

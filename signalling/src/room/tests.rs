@@ -1,0 +1,146 @@
+//! Room service logic driven with explicit times and a recording notifier.
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::media::NoMedia;
+use crate::store::MemoryStore;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Notifier for Recorder {
+    fn notify(&self, event: RoomEvent) {
+        let name = match event {
+            RoomEvent::RoomStarted { room } => format!("room_started {}", room.name),
+            RoomEvent::RoomFinished { room } => format!("room_finished {}", room.name),
+            RoomEvent::ParticipantJoined { participant, .. } => format!("participant_joined {}", participant.identity),
+            RoomEvent::ParticipantLeft { participant, .. } => format!("participant_left {}", participant.identity),
+            RoomEvent::TrackPublished { track, .. } => format!("track_published {}", track.cid),
+            RoomEvent::TrackUnpublished { track, .. } => format!("track_unpublished {}", track.cid),
+        };
+        self.0.lock().unwrap().push(name);
+    }
+}
+
+fn service(rec: Arc<Recorder>) -> RoomService {
+    let settings = RoomSettings {
+        default_empty_timeout_s: 60,
+        ..Default::default()
+    };
+    RoomService::new(
+        Arc::new(MemoryStore::new()),
+        Arc::new(NoMedia),
+        rec,
+        settings,
+        TurnConfig::default(),
+    )
+}
+
+fn joiner(identity: &str) -> Caller {
+    Caller {
+        identity: identity.into(),
+        grants: Grants {
+            room: Some("r".into()),
+            room_join: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn mic() -> PublishTrack {
+    PublishTrack {
+        cid: "mic".into(),
+        name: String::new(),
+        kind: TrackKind::Audio,
+        source: crate::model::TrackSource::Microphone,
+        muted: false,
+        layers: vec![],
+    }
+}
+
+#[tokio::test]
+async fn webhook_events_and_empty_timeout_follow_the_clock() {
+    let rec = Arc::new(Recorder::default());
+    let rooms = service(rec.clone());
+    let t0 = 1_000_000;
+    let j = rooms.join(&joiner("a"), true, None, t0).await.unwrap();
+    rooms.publish(&j.handle, mic(), t0).await.unwrap();
+    rooms.leave(&j.handle, t0 + 1000).await.unwrap();
+    // Empty since t0 + 1 s; the room lives for its 60 s timeout.
+    rooms.tick(t0 + 60_000).await.unwrap();
+    assert_eq!(rooms.inner.store.list_rooms().await.unwrap().len(), 1);
+    rooms.tick(t0 + 61_000).await.unwrap();
+    assert!(rooms.inner.store.list_rooms().await.unwrap().is_empty());
+    assert_eq!(
+        *rec.0.lock().unwrap(),
+        [
+            "room_started r",
+            "participant_joined a",
+            "track_published mic",
+            "track_unpublished mic",
+            "participant_left a",
+            "room_finished r"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn resume_window_is_measured_from_the_drop() {
+    let rooms = service(Arc::new(Recorder::default()));
+    let t0 = 5_000_000;
+    let j = rooms.join(&joiner("a"), true, None, t0).await.unwrap();
+    let ServerMessage::Joined { session_token, .. } = j.message else {
+        panic!()
+    };
+    rooms.disconnected(&j.handle, t0 + 1000).await;
+    rooms.tick(t0 + 16_000).await.unwrap();
+    let again = rooms
+        .join(&joiner("a"), true, Some(&session_token), t0 + 16_000)
+        .await
+        .unwrap();
+    assert_eq!(again.handle.sid, j.handle.sid);
+    // The old handle is stale now.
+    assert_eq!(rooms.subscribe(&j.handle, "TR_x").await, Err(RoomError::SessionEnded));
+    rooms.disconnected(&again.handle, t0 + 20_000).await;
+    rooms.tick(t0 + 35_001).await.unwrap();
+    assert!(matches!(
+        rooms.join(&joiner("a"), true, Some(&session_token), t0 + 35_001).await,
+        Err(RoomError::ResumeFailed(_))
+    ));
+    assert!(rooms.inner.store.get_participant("r", "a").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn media_events_reach_sessions() {
+    let rooms = service(Arc::new(Recorder::default()));
+    let mut j = rooms.join(&joiner("a"), true, None, 1).await.unwrap();
+    let me = j.handle.media_ref();
+    rooms
+        .handle_media_event(MediaEvent::Connected {
+            participant: me.clone(),
+        })
+        .await;
+    let p = rooms.inner.store.get_participant("r", "a").await.unwrap().unwrap();
+    assert_eq!(p.state, ParticipantState::Active);
+    rooms
+        .handle_media_event(MediaEvent::Offer {
+            participant: me.clone(),
+            sdp: "o".into(),
+        })
+        .await;
+    rooms
+        .handle_media_event(MediaEvent::Speakers {
+            room: "r".into(),
+            speakers: vec![crate::media::SpeakerInfo {
+                participant_sid: me.sid.clone(),
+                level: 0.5,
+            }],
+        })
+        .await;
+    let mut kinds = vec![];
+    while let Ok(m) = j.events.try_recv() {
+        kinds.push(serde_json::to_value(&m).unwrap()["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds, ["participant_updated", "offer", "speakers"]);
+}
