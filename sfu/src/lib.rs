@@ -17,8 +17,34 @@
 //!   down-tracks;
 //! - [`cache`] keeps recent packets per track to answer NACKs;
 //! - [`speaker`] detects active speakers from audio levels.
+pub mod mux;
+pub mod participant;
+pub mod router;
+
 pub mod downtrack;
 pub mod simulcast;
 pub mod allocator;
 pub mod cache;
 pub mod speaker;
+
+/// Errors of the SFU's control operations. The packet path has none: bad
+/// input is dropped and counted, never returned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid SDP: {0}")]
+    Sdp(String),
+    #[error("invalid ICE candidate: {0}")]
+    Candidate(String),
+    #[error("no offer is waiting for an answer")]
+    NoPendingOffer,
+    #[error("unknown participant or track")]
+    Unknown,
+    #[error("already exists")]
+    Exists,
+    #[error("the participant's WebRTC session panicked and was closed")]
+    Panicked,
+    #[error("the SFU is shut down")]
+    Closed,
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}

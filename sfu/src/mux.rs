@@ -1,0 +1,178 @@
+//! Demultiplexing of the shared media port: which peer a datagram is for.
+//!
+//! Every participant shares one UDP port, so the only thing telling them
+//! apart is the 5-tuple. A known tuple is one hash lookup. An unknown tuple
+//! must be a STUN binding request (ICE connectivity check): its USERNAME is
+//! `<our ufrag>:<their ufrag>`, and our ufrag both names the peer and, by its
+//! prefix, the shard that owns it, so a check that the kernel's
+//! `SO_REUSEPORT` hash delivered to the wrong shard can be handed over.
+//! Anything else from an unknown tuple is dropped (DTLS and SRTP from a
+//! tuple ICE never validated would be refused by str0m anyway).
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use relay::stun::{attr, Class, Message, Method};
+
+/// Index of a peer in its shard's slab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+/// Where a datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A peer of this shard; `new_tuple` when the tuple was learned just now.
+    Local {
+        peer: PeerId,
+        new_tuple: bool,
+    },
+    /// A STUN check for a peer of another shard.
+    Shard(usize),
+    Drop,
+}
+
+/// The ufrag prefix that tags a shard: three characters, `s` and the shard
+/// index in two hex digits (ICE ufrags are ice-chars, so hex is safe).
+pub fn shard_prefix(shard: usize) -> String {
+    format!("s{:02x}", shard & 0xff)
+}
+
+/// The shard a ufrag belongs to, if it carries our tag.
+pub fn shard_of_ufrag(ufrag: &str) -> Option<usize> {
+    let tag = ufrag.get(..3)?;
+    let hex = tag.strip_prefix('s')?;
+    usize::from_str_radix(hex, 16).ok()
+}
+
+/// The routing tables of one shard. No locks: each shard has its own.
+#[derive(Default)]
+pub struct Mux {
+    shard: usize,
+    /// (remote, local) -> peer.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), PeerId>,
+    by_ufrag: HashMap<String, PeerId>,
+}
+
+impl Mux {
+    pub fn new(shard: usize) -> Self {
+        Mux {
+            shard,
+            ..Default::default()
+        }
+    }
+
+    pub fn add_peer(&mut self, ufrag: &str, peer: PeerId) {
+        self.by_ufrag.insert(ufrag.to_string(), peer);
+    }
+
+    /// Forgets a peer and every tuple it was reached on.
+    pub fn remove_peer(&mut self, ufrag: &str, tuples: &[(SocketAddr, SocketAddr)]) {
+        self.by_ufrag.remove(ufrag);
+        for t in tuples {
+            self.by_tuple.remove(t);
+        }
+    }
+
+    /// Routes a datagram that arrived from `remote` at `local`. A STUN
+    /// request from a new tuple teaches the table that tuple, so the peer's
+    /// DTLS and SRTP that follow take the fast path.
+    pub fn route(&mut self, remote: SocketAddr, local: SocketAddr, data: &[u8]) -> Route {
+        if let Some(&peer) = self.by_tuple.get(&(remote, local)) {
+            return Route::Local { peer, new_tuple: false };
+        }
+        let Some(ufrag) = stun_server_ufrag(data) else {
+            return Route::Drop;
+        };
+        match shard_of_ufrag(ufrag) {
+            Some(s) if s != self.shard => return Route::Shard(s),
+            None => return Route::Drop,
+            Some(_) => {}
+        }
+        let Some(&peer) = self.by_ufrag.get(ufrag) else {
+            return Route::Drop;
+        };
+        self.by_tuple.insert((remote, local), peer);
+        Route::Local { peer, new_tuple: true }
+    }
+
+    pub fn tuples(&self) -> usize {
+        self.by_tuple.len()
+    }
+}
+
+/// Our ufrag from a STUN binding request's USERNAME (`ours:theirs`). Only
+/// requests count: responses and indications never open a tuple.
+pub fn stun_server_ufrag(data: &[u8]) -> Option<&str> {
+    // RFC 7983: STUN starts with 0..=3; skip the parse for everything else.
+    if data.first().is_none_or(|b| *b > 3) {
+        return None;
+    }
+    let msg = Message::parse(data).ok()?;
+    if msg.method() != Method::BINDING || msg.class() != Class::Request {
+        return None;
+    }
+    let user = msg.str_attr(attr::USERNAME)?.ok()?;
+    let (ours, _) = user.split_once(':')?;
+    Some(ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay::stun::MessageBuilder;
+
+    fn binding(user: &str) -> Vec<u8> {
+        let mut buf = vec![0u8; 512];
+        let mut b = MessageBuilder::new(&mut buf, Class::Request, Method::BINDING, &[7; 12]).unwrap();
+        b.add(attr::USERNAME, user.as_bytes()).unwrap();
+        let n = b.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn routes_by_ufrag_then_tuple() {
+        let mut mux = Mux::new(1);
+        mux.add_peer("s01abcd", PeerId(3));
+        let remote: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        // Unknown tuple, not STUN: dropped.
+        assert_eq!(mux.route(remote, local, &[0x80, 0, 0, 0]), Route::Drop);
+        let check = binding("s01abcd:theirs");
+        assert_eq!(
+            mux.route(remote, local, &check),
+            Route::Local {
+                peer: PeerId(3),
+                new_tuple: true
+            }
+        );
+        // Now the tuple alone routes, whatever the payload.
+        assert_eq!(
+            mux.route(remote, local, &[0x80, 0, 0, 0]),
+            Route::Local {
+                peer: PeerId(3),
+                new_tuple: false
+            }
+        );
+        // Another shard's ufrag is handed over, an unknown one dropped.
+        let other: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        assert_eq!(mux.route(other, local, &binding("s02zzzz:x")), Route::Shard(2));
+        assert_eq!(mux.route(other, local, &binding("s01zzzz:x")), Route::Drop);
+        assert_eq!(mux.route(other, local, &binding("nope:x")), Route::Drop);
+        mux.remove_peer("s01abcd", &[(remote, local)]);
+        assert_eq!(mux.route(remote, local, &[0x80, 0, 0, 0]), Route::Drop);
+    }
+
+    #[test]
+    fn garbage_is_dropped() {
+        let mut mux = Mux::new(0);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for data in [
+            &[][..],
+            &[0u8; 3][..],
+            &[0u8; 20][..],
+            &[1, 1, 0, 4, 0x21, 0x12, 0xa4, 0x42][..],
+        ] {
+            assert_eq!(mux.route(a, a, data), Route::Drop);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! One peer connection: a `str0m::Rtc` in RTP mode and the glue the router
+//! needs around it.
+//!
+//! A participant owns up to two of these (publisher and subscriber, as in
+//! LiveKit), so a renegotiation on one never stalls the other. Every call into
+//! the `Rtc` goes through [`Peer::guard`], which catches a panic, marks the
+//! peer failed and keeps the rest of the shard (and the process) running: a
+//! bug in one session's state machine must not take down everyone else's.
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::crypto::CryptoProvider;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{RtpPacket, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
+
+use crate::Error;
+
+/// Which of a participant's two peer connections this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The client offers, the SFU answers and receives.
+    Publisher,
+    /// The SFU offers and sends.
+    Subscriber,
+}
+
+/// What a peer reports after input or a timeout. Transmits are not events:
+/// they go straight to the caller's sink while draining.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up.
+    Connected,
+    IceState(IceConnectionState),
+    /// The remote offered a new m-line (publisher side).
+    MediaAdded {
+        mid: Mid,
+        kind: MediaKind,
+        direction: Direction,
+        /// The simulcast rids it announced (`a=simulcast:send`), highest
+        /// quality last as browsers list them.
+        rids: Vec<Rid>,
+        /// The msid track id, which signalling matches to a track's cid.
+        track_id: String,
+    },
+    /// A received RTP packet with the m-line (and layer) it belongs to.
+    Rtp {
+        mid: Mid,
+        rid: Option<Rid>,
+        packet: RtpPacket,
+    },
+    /// The remote asks for a keyframe on something we send it.
+    KeyframeRequest {
+        mid: Mid,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
+    },
+    /// The TWCC downlink estimate towards this peer.
+    Estimate(Bitrate),
+    /// A received stream stopped or resumed.
+    StreamPaused {
+        mid: Mid,
+        rid: Option<Rid>,
+        paused: bool,
+    },
+    ChannelOpen {
+        id: ChannelId,
+        label: String,
+    },
+    ChannelData {
+        id: ChannelId,
+        binary: bool,
+        data: Vec<u8>,
+    },
+    ChannelClose {
+        id: ChannelId,
+    },
+    /// The session ended (DTLS close, ICE gave up, or a panic inside the
+    /// `Rtc`). The router removes the participant.
+    Closed {
+        panicked: bool,
+    },
+}
+
+/// The crypto provider every `Rtc` uses, built once per process.
+fn crypto() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(str0m::crypto::from_feature_flags()))
+        .clone()
+}
+
+/// Configuration shared by every peer of a shard.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Host candidates to advertise (the media socket's address as clients
+    /// reach it).
+    pub candidates: Vec<SocketAddr>,
+    /// Start value of the TWCC estimator for subscriber connections.
+    pub initial_estimate: Bitrate,
+}
+
+/// One `Rtc` and what the router remembers about it.
+pub struct Peer {
+    rtc: Rtc,
+    pub role: Role,
+    /// Our ICE ufrag: the mux routes new 5-tuples by it.
+    pub ufrag: String,
+    failed: bool,
+    closed_reported: bool,
+    pub next_timeout: Instant,
+    /// SSRC -> (mid, rid) of received streams, so the packet path does not
+    /// ask str0m's stream table for every packet.
+    rx_streams: HashMap<Ssrc, (Mid, Option<Rid>)>,
+    /// The subscriber connection's offer waiting for the client's answer.
+    pub pending_offer: Option<SdpPendingOffer>,
+    /// The 5-tuples this peer was reached on (to unregister from the mux).
+    pub tuples: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl Peer {
+    /// A new peer with fresh ICE credentials whose ufrag starts with
+    /// `ufrag_prefix` (the shard tag the mux routes by).
+    pub fn new(now: Instant, role: Role, cfg: &PeerConfig, ufrag_prefix: &str) -> Result<Peer, Error> {
+        let mut creds = IceCreds::new();
+        creds.ufrag = format!("{ufrag_prefix}{}", creds.ufrag);
+        let mut config = RtcConfig::new()
+            .set_crypto_provider(crypto())
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_local_ice_credentials(creds.clone());
+        if role == Role::Subscriber {
+            config = config.enable_bwe(Some(cfg.initial_estimate));
+        }
+        let mut rtc = catch_unwind(AssertUnwindSafe(|| config.build(now))).map_err(|_| Error::Panicked)?;
+        for addr in &cfg.candidates {
+            let c = Candidate::host(*addr, "udp").map_err(|e| Error::Candidate(e.to_string()))?;
+            rtc.add_local_candidate(c);
+        }
+        Ok(Peer {
+            rtc,
+            role,
+            ufrag: creds.ufrag,
+            failed: false,
+            closed_reported: false,
+            next_timeout: now,
+            rx_streams: HashMap::new(),
+            pending_offer: None,
+            tuples: Vec::new(),
+        })
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Runs `f` on the `Rtc`; a panic marks the peer failed instead of
+    /// unwinding through the shard. `Rtc` is `UnwindSafe`, and a failed peer
+    /// is never touched again, so observing broken invariants is impossible.
+    pub fn guard<R>(&mut self, f: impl FnOnce(&mut Rtc) -> R) -> Option<R> {
+        if self.failed {
+            return None;
+        }
+        match catch_unwind(AssertUnwindSafe(|| f(&mut self.rtc))) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                tracing::error!(ufrag = %self.ufrag, "str0m Rtc panicked; closing this peer only");
+                self.failed = true;
+                None
+            }
+        }
+    }
+
+    pub fn accepts(&mut self, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
+        let Ok(contents) = data.try_into() else {
+            return false;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        self.guard(|rtc| rtc.accepts(&input)).unwrap_or(false)
+    }
+
+    /// Feeds one datagram. Malformed input is dropped, not an error: the
+    /// network is untrusted.
+    pub fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        match self.guard(|rtc| rtc.handle_input(input)) {
+            Some(Err(e)) => tracing::debug!(error = %e, ufrag = %self.ufrag, "input refused"),
+            Some(Ok(())) | None => {}
+        }
+    }
+
+    pub fn timeout(&mut self, now: Instant) {
+        if let Some(Err(e)) = self.guard(|rtc| rtc.handle_input(Input::Timeout(now))) {
+            tracing::debug!(error = %e, ufrag = %self.ufrag, "timeout refused");
+        }
+    }
+
+    /// Polls the `Rtc` until it asks for a timeout: datagrams go to
+    /// `transmit`, events are appended to `events`.
+    pub fn drain(&mut self, mut transmit: impl FnMut(&Transmit), events: &mut VecDeque<PeerEvent>) {
+        loop {
+            let out = match self.guard(|rtc| rtc.poll_output()) {
+                Some(Ok(out)) => out,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, ufrag = %self.ufrag, "poll_output failed; closing peer");
+                    self.failed = true;
+                    self.report_closed(false, events);
+                    return;
+                }
+                None => {
+                    self.report_closed(true, events);
+                    return;
+                }
+            };
+            match out {
+                Output::Timeout(t) => {
+                    self.next_timeout = t;
+                    if !self.guard(|rtc| rtc.is_alive()).unwrap_or(false) {
+                        self.report_closed(false, events);
+                    }
+                    return;
+                }
+                Output::Transmit(t) => transmit(&t),
+                Output::Event(ev) => self.on_event(ev, events),
+            }
+        }
+    }
+
+    fn report_closed(&mut self, panicked: bool, events: &mut VecDeque<PeerEvent>) {
+        if !self.closed_reported {
+            self.closed_reported = true;
+            events.push_back(PeerEvent::Closed { panicked });
+        }
+    }
+
+    fn on_event(&mut self, ev: Event, events: &mut VecDeque<PeerEvent>) {
+        let out = match ev {
+            Event::Connected => PeerEvent::Connected,
+            Event::IceConnectionStateChange(s) => {
+                if s == IceConnectionState::Disconnected {
+                    // ICE-lite has no restart of its own: a disconnected
+                    // client either comes back on a new tuple (consent
+                    // resumes) or the session times out in str0m.
+                    tracing::debug!(ufrag = %self.ufrag, "ICE disconnected");
+                }
+                PeerEvent::IceState(s)
+            }
+            Event::MediaAdded(m) => {
+                let rids = m
+                    .simulcast
+                    .as_ref()
+                    .map(|s| s.send.iter().map(|l| l.rid).collect())
+                    .unwrap_or_default();
+                let track_id = self
+                    .rtc
+                    .media(m.mid)
+                    .map(|media| media.track_id().to_string())
+                    .unwrap_or_default();
+                PeerEvent::MediaAdded {
+                    mid: m.mid,
+                    kind: m.kind,
+                    direction: m.direction,
+                    rids,
+                    track_id,
+                }
+            }
+            Event::RtpPacket(packet) => {
+                let ssrc = packet.header.ssrc;
+                let (mid, rid) = match self.rx_streams.get(&ssrc) {
+                    Some(v) => *v,
+                    None => {
+                        let found = self
+                            .guard(|rtc| rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())))
+                            .flatten();
+                        let Some(v) = found else {
+                            return;
+                        };
+                        self.rx_streams.insert(ssrc, v);
+                        v
+                    }
+                };
+                PeerEvent::Rtp { mid, rid, packet }
+            }
+            Event::KeyframeRequest(r) => PeerEvent::KeyframeRequest {
+                mid: r.mid,
+                rid: r.rid,
+                kind: r.kind,
+            },
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => PeerEvent::Estimate(estimate),
+            Event::EgressBitrateEstimate(_) => return,
+            Event::StreamPaused(p) => PeerEvent::StreamPaused {
+                mid: p.mid,
+                rid: p.rid,
+                paused: p.paused,
+            },
+            Event::ChannelOpen(id, label) => PeerEvent::ChannelOpen { id, label },
+            Event::ChannelData(d) => PeerEvent::ChannelData {
+                id: d.id,
+                binary: d.binary,
+                data: d.data,
+            },
+            Event::ChannelClose(id) => PeerEvent::ChannelClose { id },
+            Event::Closed => {
+                self.report_closed(false, events);
+                return;
+            }
+            _ => return,
+        };
+        events.push_back(out);
+    }
+
+    /// Accepts a client offer (publisher connection, or a client-initiated
+    /// renegotiation) and returns the answer SDP.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, Error> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
+        let answer = self
+            .guard(|rtc| rtc.sdp_api().accept_offer(offer))
+            .ok_or(Error::Panicked)?
+            .map_err(|e| Error::Sdp(e.to_string()))?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Accepts the client's answer to our pending offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), Error> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
+        let pending = self.pending_offer.take().ok_or(Error::NoPendingOffer)?;
+        self.guard(|rtc| rtc.sdp_api().accept_answer(pending, answer))
+            .ok_or(Error::Panicked)?
+            .map_err(|e| Error::Sdp(e.to_string()))
+    }
+
+    pub fn add_remote_candidate(&mut self, candidate: &str) -> Result<(), Error> {
+        let line = candidate.trim().trim_start_matches("a=");
+        let c = Candidate::from_sdp_string(line).map_err(|e| Error::Candidate(e.to_string()))?;
+        self.guard(|rtc| rtc.add_remote_candidate(c)).ok_or(Error::Panicked)
+    }
+}

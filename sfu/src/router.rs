@@ -1,0 +1,850 @@
+//! The sans-IO core of one shard: participants, their peers, published
+//! tracks and the down-tracks that forward them.
+//!
+//! Time and datagrams are inputs; datagrams to send go to a caller's sink.
+//! The shard's I/O loop wraps one `Router`, and the tests drive it directly
+//! with str0m clients and a virtual clock.
+//!
+//! A room lives on one shard, so fan-out never crosses cores: a publisher's
+//! packet becomes, for each subscriber, one `StreamTx::write_rtp` that shares
+//! the received payload (`Arc<[u8]>` clone, no copy).
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::Bitrate;
+use str0m::channel::ChannelId;
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::net::Transmit;
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+
+use crate::mux::{shard_prefix, Mux, PeerId, Route};
+use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
+use crate::Error;
+
+/// Identifies a participant across the whole SFU (assigned by the handle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u64);
+
+impl std::fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PA_{}", self.0)
+    }
+}
+
+/// A published track: its publisher and the m-line it arrives on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrackId {
+    pub publisher: ParticipantId,
+    pub mid: Mid,
+}
+
+impl std::fmt::Display for TrackId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TR_{}_{}", self.publisher.0, self.mid)
+    }
+}
+
+/// What the router tells the control plane.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SfuEvent {
+    /// A publisher's m-line appeared (answer to its offer).
+    TrackPublished {
+        track: TrackId,
+        kind: MediaKind,
+        /// Simulcast rids; empty for a single stream.
+        rids: Vec<Rid>,
+        /// The msid track id of the m-line (the client's track cid).
+        msid_track: String,
+    },
+    /// The first packet of a track arrived.
+    TrackMediaStarted {
+        track: TrackId,
+    },
+    /// A server offer for the participant's subscriber connection.
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    Connected {
+        participant: ParticipantId,
+        role: Role,
+    },
+    /// A peer closed or failed; the participant is gone.
+    Disconnected {
+        participant: ParticipantId,
+        panicked: bool,
+    },
+    /// The subscriber connection's downlink estimate changed.
+    Estimate {
+        participant: ParticipantId,
+        bitrate: u64,
+    },
+    /// A data channel message from a participant (already relayed to the
+    /// rest of the room).
+    Data {
+        from: ParticipantId,
+        label: String,
+        binary: bool,
+        data: Vec<u8>,
+    },
+}
+
+/// Credentials a new participant's publisher connection answers with.
+#[derive(Clone, Debug)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub ufrag: String,
+}
+
+/// Least time between two keyframe requests sent upstream for one layer:
+/// subscribers ask in bursts (every loss, every join), the publisher's
+/// encoder only needs to hear it once.
+const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+
+/// The longest the router asks to sleep when no peer has a timer sooner.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+struct PeerSlot {
+    peer: Peer,
+    owner: ParticipantId,
+}
+
+struct Participant {
+    room: String,
+    publisher: PeerId,
+    subscriber: Option<PeerId>,
+    /// Down-tracks by the subscriber connection's mid.
+    downs: HashMap<Mid, Down>,
+    /// Subscriptions waiting for the next subscriber offer.
+    pending_adds: Vec<TrackId>,
+    /// Subscriber mids to stop in the next offer.
+    pending_stops: Vec<Mid>,
+    /// Data channels open on the publisher connection, by label.
+    channels: HashMap<String, ChannelId>,
+    estimate: Option<Bitrate>,
+}
+
+struct Track {
+    kind: MediaKind,
+    rids: Vec<Rid>,
+    /// (subscriber, its mid for this track).
+    subscribers: Vec<(ParticipantId, Mid)>,
+    /// Payload parameters of the publisher's PTs, learned on first use.
+    params: Vec<(Pt, PayloadParams)>,
+    last_keyframe_request: Vec<(Option<Rid>, Instant)>,
+    started: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DownState {
+    /// In an offer the client has not answered.
+    Negotiating,
+    Open,
+}
+
+/// One subscription: rewrites the source's numbering into a continuous
+/// stream for the subscriber's SSRC (str0m's send stream gives the SSRC).
+struct Down {
+    source: TrackId,
+    state: DownState,
+    /// The simulcast layer forwarded (`None` for a single stream).
+    rid: Option<Rid>,
+    paused: bool,
+    /// publisher PT -> subscriber PT.
+    pts: Vec<(Pt, Pt)>,
+    rewrite: Option<Rewrite>,
+}
+
+/// Offsets from the source's extended sequence numbers and timestamps to
+/// the subscriber's. Re-based on a layer switch so the output stays
+/// continuous.
+#[derive(Clone, Copy, Debug)]
+struct Rewrite {
+    in_seq: u64,
+    out_seq: u64,
+    in_ts: u32,
+    out_ts: u32,
+    last_out_seq: u64,
+    last_out_ts: u32,
+}
+
+impl Rewrite {
+    fn start(seq: u64, ts: u32) -> Self {
+        // Output starts low so the SRTP rollover counter is 0, which the
+        // receiver assumes without signalling.
+        Rewrite {
+            in_seq: seq,
+            out_seq: 1,
+            in_ts: ts,
+            out_ts: ts,
+            last_out_seq: 1,
+            last_out_ts: ts,
+        }
+    }
+
+    /// `None` for packets older than the base (reordered across a switch).
+    fn map(&mut self, seq: u64, ts: u32) -> Option<(u64, u32)> {
+        let seq = self.out_seq + seq.checked_sub(self.in_seq)?;
+        let ts = self.out_ts.wrapping_add(ts.wrapping_sub(self.in_ts));
+        if seq > self.last_out_seq {
+            self.last_out_seq = seq;
+            self.last_out_ts = ts;
+        }
+        Some((seq, ts))
+    }
+}
+
+/// Construction parameters of a router.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub shard: usize,
+    pub peer: PeerConfig,
+}
+
+pub struct Router {
+    shard: usize,
+    peer_cfg: PeerConfig,
+    mux: Mux,
+    peers: Vec<Option<PeerSlot>>,
+    free: Vec<u32>,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<String, Vec<ParticipantId>>,
+    tracks: HashMap<TrackId, Track>,
+    events: VecDeque<SfuEvent>,
+    /// Reused queue of one peer's events (keeps its capacity).
+    scratch: VecDeque<PeerEvent>,
+    /// Peers written to since their last drain.
+    dirty: Vec<PeerId>,
+    next_id: u64,
+}
+
+impl Router {
+    pub fn new(cfg: RouterConfig) -> Self {
+        Router {
+            shard: cfg.shard,
+            peer_cfg: cfg.peer,
+            mux: Mux::new(cfg.shard),
+            peers: Vec::new(),
+            free: Vec::new(),
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            events: VecDeque::new(),
+            scratch: VecDeque::new(),
+            dirty: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// The earliest time any peer wants a timeout.
+    pub fn poll_timeout(&self, now: Instant) -> Instant {
+        let mut t = now + MAX_SLEEP;
+        for slot in self.peers.iter().flatten() {
+            t = t.min(slot.peer.next_timeout);
+        }
+        t
+    }
+
+    fn insert_peer(&mut self, peer: Peer, owner: ParticipantId) -> PeerId {
+        let slot = Some(PeerSlot { peer, owner });
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.peers[i as usize] = slot;
+                PeerId(i)
+            }
+            None => {
+                self.peers.push(slot);
+                PeerId(self.peers.len() as u32 - 1)
+            }
+        };
+        if let Some(s) = &self.peers[id.0 as usize] {
+            self.mux.add_peer(&s.peer.ufrag, id);
+        }
+        id
+    }
+
+    fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        self.peers.get_mut(id.0 as usize)?.as_mut().map(|s| &mut s.peer)
+    }
+
+    fn remove_peer(&mut self, id: PeerId) {
+        if let Some(slot) = self.peers.get_mut(id.0 as usize).and_then(Option::take) {
+            self.mux.remove_peer(&slot.peer.ufrag, &slot.peer.tuples);
+            self.free.push(id.0);
+        }
+    }
+
+    /// Creates a participant with its publisher connection. `id` is chosen
+    /// by the caller (the handle numbers participants across shards); `None`
+    /// numbers it locally.
+    pub fn create_participant(
+        &mut self,
+        now: Instant,
+        room: &str,
+        id: Option<ParticipantId>,
+    ) -> Result<ParticipantInfo, Error> {
+        let id = id.unwrap_or_else(|| {
+            self.next_id += 1;
+            ParticipantId(self.next_id)
+        });
+        if self.participants.contains_key(&id) {
+            return Err(Error::Exists);
+        }
+        let peer = Peer::new(now, Role::Publisher, &self.peer_cfg, &shard_prefix(self.shard))?;
+        let ufrag = peer.ufrag.clone();
+        let publisher = self.insert_peer(peer, id);
+        self.participants.insert(
+            id,
+            Participant {
+                room: room.to_string(),
+                publisher,
+                subscriber: None,
+                downs: HashMap::new(),
+                pending_adds: Vec::new(),
+                pending_stops: Vec::new(),
+                channels: HashMap::new(),
+                estimate: None,
+            },
+        );
+        self.rooms.entry(room.to_string()).or_default().push(id);
+        Ok(ParticipantInfo { id, ufrag })
+    }
+
+    /// A client offer on the publisher connection; returns the answer.
+    pub fn accept_offer(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        sdp: &str,
+        tx: &mut dyn FnMut(&Transmit),
+    ) -> Result<String, Error> {
+        let pid = self.participants.get(&id).ok_or(Error::Unknown)?.publisher;
+        let answer = self.peer_mut(pid).ok_or(Error::Unknown)?.accept_offer(sdp)?;
+        self.drain_peer(now, pid, tx);
+        self.settle(now, tx);
+        Ok(answer)
+    }
+
+    /// The client's answer to our subscriber offer.
+    pub fn accept_answer(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        sdp: &str,
+        tx: &mut dyn FnMut(&Transmit),
+    ) -> Result<(), Error> {
+        let p = self.participants.get(&id).ok_or(Error::Unknown)?;
+        let sid = p.subscriber.ok_or(Error::NoPendingOffer)?;
+        self.peer_mut(sid).ok_or(Error::Unknown)?.accept_answer(sdp)?;
+        let mut opened = Vec::new();
+        if let Some(p) = self.participants.get_mut(&id) {
+            for (mid, d) in p.downs.iter_mut() {
+                if d.state == DownState::Negotiating {
+                    d.state = DownState::Open;
+                    opened.push((*mid, d.source, d.rid));
+                }
+            }
+        }
+        for (_, source, rid) in opened {
+            // A new subscriber can decode nothing until the next keyframe.
+            self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);
+        }
+        self.drain_peer(now, sid, tx);
+        // Subscriptions that arrived while the offer was out.
+        self.negotiate(now, id)?;
+        self.settle(now, tx);
+        Ok(())
+    }
+
+    pub fn add_remote_candidate(&mut self, id: ParticipantId, role: Role, candidate: &str) -> Result<(), Error> {
+        let p = self.participants.get(&id).ok_or(Error::Unknown)?;
+        let pid = match role {
+            Role::Publisher => p.publisher,
+            Role::Subscriber => p.subscriber.ok_or(Error::Unknown)?,
+        };
+        self.peer_mut(pid)
+            .ok_or(Error::Unknown)?
+            .add_remote_candidate(candidate)
+    }
+
+    /// Starts forwarding `track` to `subscriber`: a new m-line in the next
+    /// subscriber offer (sent now unless one is already out).
+    pub fn subscribe(&mut self, now: Instant, subscriber: ParticipantId, track: TrackId) -> Result<(), Error> {
+        if !self.tracks.contains_key(&track) {
+            return Err(Error::Unknown);
+        }
+        let p = self.participants.get_mut(&subscriber).ok_or(Error::Unknown)?;
+        if p.downs.values().any(|d| d.source == track) || p.pending_adds.contains(&track) {
+            return Ok(());
+        }
+        p.pending_adds.push(track);
+        if p.subscriber.is_none() {
+            let peer = Peer::new(now, Role::Subscriber, &self.peer_cfg, &shard_prefix(self.shard))?;
+            let sid = self.insert_peer(peer, subscriber);
+            if let Some(p) = self.participants.get_mut(&subscriber) {
+                p.subscriber = Some(sid);
+            }
+        }
+        self.negotiate(now, subscriber)
+    }
+
+    pub fn unsubscribe(&mut self, now: Instant, subscriber: ParticipantId, track: TrackId) -> Result<(), Error> {
+        let p = self.participants.get_mut(&subscriber).ok_or(Error::Unknown)?;
+        p.pending_adds.retain(|t| *t != track);
+        let mids: Vec<Mid> = p
+            .downs
+            .iter()
+            .filter(|(_, d)| d.source == track)
+            .map(|(m, _)| *m)
+            .collect();
+        for mid in &mids {
+            p.downs.remove(mid);
+            p.pending_stops.push(*mid);
+        }
+        if let Some(t) = self.tracks.get_mut(&track) {
+            t.subscribers.retain(|(s, _)| *s != subscriber);
+        }
+        self.negotiate(now, subscriber)
+    }
+
+    /// Pauses or resumes one subscription, and picks its simulcast layer.
+    pub fn set_track_settings(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantId,
+        track: TrackId,
+        paused: bool,
+        rid: Option<Rid>,
+    ) -> Result<(), Error> {
+        let p = self.participants.get_mut(&subscriber).ok_or(Error::Unknown)?;
+        let mut resumed = None;
+        for d in p.downs.values_mut().filter(|d| d.source == track) {
+            let was_paused = d.paused;
+            d.paused = paused;
+            if rid.is_some() && rid != d.rid {
+                d.rid = rid;
+                resumed = Some(rid);
+            } else if was_paused && !paused {
+                resumed = Some(d.rid);
+            }
+        }
+        if let Some(rid) = resumed {
+            self.request_keyframe(now, track, rid, KeyframeRequestKind::Pli);
+        }
+        Ok(())
+    }
+
+    /// Removes a participant, its tracks and its subscriptions.
+    pub fn remove_participant(&mut self, now: Instant, id: ParticipantId) {
+        let Some(p) = self.participants.remove(&id) else {
+            return;
+        };
+        self.remove_peer(p.publisher);
+        if let Some(s) = p.subscriber {
+            self.remove_peer(s);
+        }
+        if let Some(members) = self.rooms.get_mut(&p.room) {
+            members.retain(|m| *m != id);
+            if members.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+        for d in p.downs.values() {
+            if let Some(t) = self.tracks.get_mut(&d.source) {
+                t.subscribers.retain(|(s, _)| *s != id);
+            }
+        }
+        let gone: Vec<TrackId> = self.tracks.keys().filter(|t| t.publisher == id).copied().collect();
+        let mut touched = Vec::new();
+        for t in gone {
+            if let Some(track) = self.tracks.remove(&t) {
+                for (sub, mid) in track.subscribers {
+                    if let Some(sp) = self.participants.get_mut(&sub) {
+                        sp.downs.remove(&mid);
+                        sp.pending_stops.push(mid);
+                        touched.push(sub);
+                    }
+                }
+            }
+        }
+        for p in self.participants.values_mut() {
+            p.pending_adds.retain(|t| t.publisher != id);
+        }
+        touched.dedup();
+        for sub in touched {
+            let _ = self.negotiate(now, sub);
+        }
+    }
+
+    /// Sends a subscriber offer with the pending changes, unless one is
+    /// already waiting for its answer (then they ride the next one).
+    fn negotiate(&mut self, _now: Instant, id: ParticipantId) -> Result<(), Error> {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return Err(Error::Unknown);
+        };
+        let Some(sid) = p.subscriber else {
+            return Ok(());
+        };
+        if p.pending_adds.is_empty() && p.pending_stops.is_empty() {
+            return Ok(());
+        }
+        let Some(slot) = self.peers.get_mut(sid.0 as usize).and_then(Option::as_mut) else {
+            return Err(Error::Unknown);
+        };
+        if slot.peer.pending_offer.is_some() {
+            return Ok(());
+        }
+        let adds = std::mem::take(&mut p.pending_adds);
+        let stops = std::mem::take(&mut p.pending_stops);
+        let mut added = Vec::new();
+        let tracks = &self.tracks;
+        let result = slot.peer.guard(|rtc| {
+            let mut change = rtc.sdp_api();
+            for t in &adds {
+                let Some(track) = tracks.get(t) else { continue };
+                let mid = change.add_media(
+                    track.kind,
+                    Direction::SendOnly,
+                    Some(t.publisher.to_string()),
+                    Some(t.to_string()),
+                    None,
+                );
+                added.push((mid, *t));
+            }
+            for mid in &stops {
+                change.stop_media(*mid);
+            }
+            change.apply()
+        });
+        let Some(result) = result else {
+            return Err(Error::Panicked);
+        };
+        let Some((offer, pending)) = result else {
+            return Ok(());
+        };
+        slot.peer.pending_offer = Some(pending);
+        for (mid, source) in added {
+            let rid = self.tracks.get(&source).and_then(|t| t.rids.last().copied());
+            if let Some(t) = self.tracks.get_mut(&source) {
+                t.subscribers.push((id, mid));
+            }
+            p.downs.insert(
+                mid,
+                Down {
+                    source,
+                    state: DownState::Negotiating,
+                    rid,
+                    paused: false,
+                    pts: Vec::new(),
+                    rewrite: None,
+                },
+            );
+        }
+        self.events.push_back(SfuEvent::Offer {
+            participant: id,
+            sdp: offer.to_sdp_string(),
+        });
+        Ok(())
+    }
+
+    /// One datagram from the network.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+        tx: &mut dyn FnMut(&Transmit),
+    ) -> Route {
+        let route = self.mux.route(remote, local, data);
+        if let Route::Local { peer, new_tuple } = route {
+            let Some(p) = self.peer_mut(peer) else {
+                return Route::Drop;
+            };
+            if new_tuple {
+                p.tuples.push((remote, local));
+            }
+            p.receive(now, remote, local, data);
+            self.drain_peer(now, peer, tx);
+            self.settle(now, tx);
+        }
+        route
+    }
+
+    /// Fires every peer timer that is due.
+    pub fn handle_timeout(&mut self, now: Instant, tx: &mut dyn FnMut(&Transmit)) {
+        for i in 0..self.peers.len() {
+            let due = match &mut self.peers[i] {
+                Some(s) if s.peer.next_timeout <= now => {
+                    s.peer.timeout(now);
+                    true
+                }
+                _ => false,
+            };
+            if due {
+                self.drain_peer(now, PeerId(i as u32), tx);
+            }
+        }
+        self.settle(now, tx);
+    }
+
+    /// Drains peers written to until nothing is left to do.
+    fn settle(&mut self, now: Instant, tx: &mut dyn FnMut(&Transmit)) {
+        while let Some(id) = self.dirty.pop() {
+            self.drain_peer(now, id, tx);
+        }
+    }
+
+    fn drain_peer(&mut self, now: Instant, id: PeerId, tx: &mut dyn FnMut(&Transmit)) {
+        let mut q = std::mem::take(&mut self.scratch);
+        let owner = match self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) {
+            Some(slot) => {
+                slot.peer.drain(&mut *tx, &mut q);
+                slot.owner
+            }
+            None => {
+                self.scratch = q;
+                return;
+            }
+        };
+        while let Some(ev) = q.pop_front() {
+            self.on_peer_event(now, id, owner, ev);
+        }
+        self.scratch = q;
+    }
+
+    fn on_peer_event(&mut self, now: Instant, peer: PeerId, owner: ParticipantId, ev: PeerEvent) {
+        let role = match self.peers.get(peer.0 as usize).and_then(Option::as_ref) {
+            Some(s) => s.peer.role,
+            None => return,
+        };
+        match ev {
+            PeerEvent::Rtp { mid, rid, packet } => self.forward(now, TrackId { publisher: owner, mid }, rid, packet),
+            PeerEvent::MediaAdded {
+                mid,
+                kind,
+                direction,
+                rids,
+                track_id,
+            } => {
+                if role != Role::Publisher || !direction.is_receiving() {
+                    return;
+                }
+                let track = TrackId { publisher: owner, mid };
+                self.tracks.entry(track).or_insert_with(|| Track {
+                    kind,
+                    rids: rids.clone(),
+                    subscribers: Vec::new(),
+                    params: Vec::new(),
+                    last_keyframe_request: Vec::new(),
+                    started: false,
+                });
+                self.events.push_back(SfuEvent::TrackPublished {
+                    track,
+                    kind,
+                    rids,
+                    msid_track: track_id,
+                });
+            }
+            PeerEvent::KeyframeRequest { mid, kind, .. } => {
+                let Some(d) = self.participants.get(&owner).and_then(|p| p.downs.get(&mid)) else {
+                    return;
+                };
+                let (source, rid) = (d.source, d.rid);
+                self.request_keyframe(now, source, rid, kind);
+            }
+            PeerEvent::Estimate(b) => {
+                if let Some(p) = self.participants.get_mut(&owner) {
+                    p.estimate = Some(b);
+                }
+                self.events.push_back(SfuEvent::Estimate {
+                    participant: owner,
+                    bitrate: b.as_u64(),
+                });
+            }
+            PeerEvent::Connected => self.events.push_back(SfuEvent::Connected {
+                participant: owner,
+                role,
+            }),
+            PeerEvent::Closed { panicked } => {
+                self.events.push_back(SfuEvent::Disconnected {
+                    participant: owner,
+                    panicked,
+                });
+                self.remove_participant(now, owner);
+            }
+            PeerEvent::ChannelOpen { id, label } => {
+                if let Some(p) = self.participants.get_mut(&owner) {
+                    p.channels.insert(label, id);
+                }
+            }
+            PeerEvent::ChannelClose { id } => {
+                if let Some(p) = self.participants.get_mut(&owner) {
+                    p.channels.retain(|_, c| *c != id);
+                }
+            }
+            PeerEvent::ChannelData { id, binary, data } => self.relay_data(owner, id, binary, data),
+            PeerEvent::IceState(_) | PeerEvent::StreamPaused { .. } => {}
+        }
+    }
+
+    /// Relays a data channel message to every other member of the room that
+    /// has a channel of the same label open.
+    fn relay_data(&mut self, from: ParticipantId, id: ChannelId, binary: bool, data: Vec<u8>) {
+        let Some(p) = self.participants.get(&from) else { return };
+        let Some(label) = p.channels.iter().find(|(_, c)| **c == id).map(|(l, _)| l.clone()) else {
+            return;
+        };
+        let members = self.rooms.get(&p.room).cloned().unwrap_or_default();
+        for m in members {
+            if m == from {
+                continue;
+            }
+            let Some(mp) = self.participants.get(&m) else { continue };
+            let (Some(&cid), pid) = (mp.channels.get(&label), mp.publisher) else {
+                continue;
+            };
+            if let Some(peer) = self.peer_mut(pid) {
+                peer.guard(|rtc| {
+                    if let Some(mut ch) = rtc.channel(cid) {
+                        let _ = ch.write(binary, &data);
+                    }
+                });
+                self.dirty.push(pid);
+            }
+        }
+        self.events.push_back(SfuEvent::Data {
+            from,
+            label,
+            binary,
+            data,
+        });
+    }
+
+    /// Asks the publisher for a keyframe on one layer, at most once per
+    /// [`KEYFRAME_THROTTLE`].
+    fn request_keyframe(&mut self, now: Instant, source: TrackId, rid: Option<Rid>, kind: KeyframeRequestKind) {
+        let Some(track) = self.tracks.get_mut(&source) else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            return;
+        }
+        match track.last_keyframe_request.iter_mut().find(|(r, _)| *r == rid) {
+            Some((_, t)) if now.saturating_duration_since(*t) < KEYFRAME_THROTTLE => return,
+            Some((_, t)) => *t = now,
+            None => track.last_keyframe_request.push((rid, now)),
+        }
+        let Some(pid) = self.participants.get(&source.publisher).map(|p| p.publisher) else {
+            return;
+        };
+        if let Some(peer) = self.peer_mut(pid) {
+            peer.guard(|rtc| {
+                if let Some(s) = rtc.direct_api().stream_rx_by_mid(source.mid, rid) {
+                    s.request_keyframe(kind);
+                }
+            });
+            self.dirty.push(pid);
+        }
+    }
+
+    /// Fans one received packet out to the track's down-tracks.
+    fn forward(&mut self, now: Instant, source: TrackId, rid: Option<Rid>, packet: RtpPacket) {
+        let Some(track) = self.tracks.get_mut(&source) else {
+            return;
+        };
+        if !track.started {
+            track.started = true;
+            self.events.push_back(SfuEvent::TrackMediaStarted { track: source });
+        }
+        let pt_in = packet.header.payload_type;
+        let params = match track.params.iter().find(|(p, _)| *p == pt_in) {
+            Some((_, params)) => *params,
+            None => {
+                let Some(pub_peer) = self
+                    .participants
+                    .get(&source.publisher)
+                    .and_then(|p| self.peers.get_mut(p.publisher.0 as usize))
+                    .and_then(Option::as_mut)
+                else {
+                    return;
+                };
+                let found = pub_peer
+                    .peer
+                    .guard(|rtc| rtc.codec_config().find(|p| p.pt() == pt_in).copied())
+                    .flatten();
+                let Some(params) = found else { return };
+                track.params.push((pt_in, params));
+                params
+            }
+        };
+        let is_video = track.kind == MediaKind::Video;
+        let h = &packet.header;
+        let ext = ExtensionValues {
+            audio_level: h.ext_vals.audio_level,
+            voice_activity: h.ext_vals.voice_activity,
+            video_orientation: h.ext_vals.video_orientation,
+            video_content_type: h.ext_vals.video_content_type,
+            ..Default::default()
+        };
+        let seq_in = *packet.seq_no;
+        let ts_in = h.timestamp;
+        for &(sub, mid) in &track.subscribers {
+            let Some(p) = self.participants.get_mut(&sub) else {
+                continue;
+            };
+            let Some(sid) = p.subscriber else { continue };
+            let Some(d) = p.downs.get_mut(&mid) else { continue };
+            if d.state != DownState::Open || d.paused || d.rid != rid {
+                continue;
+            }
+            let Some(slot) = self.peers.get_mut(sid.0 as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let pt_out = match d.pts.iter().find(|(i, _)| *i == pt_in) {
+                Some((_, o)) => *o,
+                None => {
+                    let found = slot
+                        .peer
+                        .guard(|rtc| rtc.codec_config().match_params(params).map(|p| p.pt()))
+                        .flatten();
+                    let Some(o) = found else { continue };
+                    d.pts.push((pt_in, o));
+                    o
+                }
+            };
+            let rw = d.rewrite.get_or_insert_with(|| Rewrite::start(seq_in, ts_in));
+            let Some((seq, ts)) = rw.map(seq_in, ts_in) else {
+                continue;
+            };
+            let payload = packet.payload.clone();
+            let marker = h.marker;
+            let wrote = slot.peer.guard(|rtc| {
+                let mut api = rtc.direct_api();
+                let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+                    return false;
+                };
+                stream.write_rtp(
+                    RtpWrite::new(pt_out, seq.into(), ts, now, payload)
+                        .marker(marker)
+                        .ext_vals(ext.clone())
+                        .nackable(is_video),
+                );
+                true
+            });
+            if wrote == Some(true) && self.dirty.last() != Some(&sid) {
+                self.dirty.push(sid);
+            }
+        }
+    }
+}
