@@ -16,6 +16,12 @@
 //! - [`api`] (REST, axum) and [`ws`] (WebSocket signalling) are thin shells
 //!   over the room service; [`webhooks`] delivers events without ever
 //!   blocking it.
+//! - [`media`] is the seam to the media plane (the SFU): the room service
+//!   calls [`media::MediaPlane`] after its permission checks, and the media
+//!   plane reports back through a [`media::MediaEvent`] channel.
+//!   [`media::NoMedia`] stands in until the SFU exists.
+//! - [`state::AppState`] bundles the room service, keys, metrics and limits;
+//!   [`api::router`] serves it.
 //!
 //! The media plane never waits on this crate: commands to it go through
 //! channels, and nothing here sits on a packet's path.
