@@ -1,0 +1,284 @@
+//! In-process harness: str0m client peers and one SFU router exchanging
+//! datagrams through a virtual network, with time as an input.
+#![allow(dead_code)]
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfu::participant::{PeerConfig, Role};
+use sfu::router::{ParticipantId, Router, RouterConfig, SfuEvent};
+use str0m::bwe::Bitrate;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+pub const SFU_ADDR: &str = "10.0.0.1:7000";
+
+pub struct Client {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub events: Vec<Event>,
+    pub next: Instant,
+    pub pending: Option<SdpPendingOffer>,
+}
+
+impl Client {
+    pub fn new(now: Instant, addr: &str) -> Client {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let mut rtc = RtcConfig::new()
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .set_rtp_mode(true)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        Client {
+            rtc,
+            addr,
+            events: Vec::new(),
+            next: now,
+            pending: None,
+        }
+    }
+
+    pub fn rtp_packets(&self) -> impl Iterator<Item = &str0m::rtp::RtpPacket> {
+        self.events.iter().filter_map(|e| match e {
+            Event::RtpPacket(p) => Some(p),
+            _ => None,
+        })
+    }
+}
+
+/// A datagram in flight.
+pub struct Packet {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Decides whether a datagram is lost: (from, to, data, index of this
+/// datagram on its direction).
+pub type LossFn = Box<dyn FnMut(&Packet, u64) -> bool>;
+
+pub struct Net {
+    pub now: Instant,
+    pub start: Instant,
+    pub sfu: Router,
+    pub sfu_addr: SocketAddr,
+    pub clients: Vec<Client>,
+    pub events: Vec<SfuEvent>,
+    /// Loss on client -> SFU datagrams.
+    pub up_loss: Option<LossFn>,
+    /// Loss on SFU -> client datagrams.
+    pub down_loss: Option<LossFn>,
+    up_count: u64,
+    down_count: u64,
+    pub dropped: u64,
+    to_sfu: VecDeque<Packet>,
+    to_clients: VecDeque<Packet>,
+}
+
+impl Net {
+    pub fn new() -> Net {
+        let now = Instant::now();
+        let sfu_addr: SocketAddr = SFU_ADDR.parse().unwrap();
+        let sfu = Router::new(RouterConfig {
+            shard: 0,
+            peer: PeerConfig {
+                candidates: vec![sfu_addr],
+                initial_estimate: Bitrate::kbps(1_000),
+            },
+        });
+        Net {
+            now,
+            start: now,
+            sfu,
+            sfu_addr,
+            clients: Vec::new(),
+            events: Vec::new(),
+            up_loss: None,
+            down_loss: None,
+            up_count: 0,
+            down_count: 0,
+            dropped: 0,
+            to_sfu: VecDeque::new(),
+            to_clients: VecDeque::new(),
+        }
+    }
+
+    pub fn add_client(&mut self, addr: &str) -> usize {
+        self.clients.push(Client::new(self.now, addr));
+        self.clients.len() - 1
+    }
+
+    fn sink(now: Instant, q: &mut VecDeque<Packet>) -> impl FnMut(&str0m::net::Transmit) + '_ {
+        let _ = now;
+        move |t| {
+            q.push_back(Packet {
+                from: t.source,
+                to: t.destination,
+                data: t.contents.to_vec(),
+            })
+        }
+    }
+
+    /// Client `c` offers its pending SDP changes to the SFU as publisher.
+    pub fn publish_offer(&mut self, c: usize, pid: ParticipantId, f: impl FnOnce(&mut str0m::change::SdpApi)) {
+        let now = self.now;
+        let client = &mut self.clients[c];
+        let mut api = client.rtc.sdp_api();
+        f(&mut api);
+        let (offer, pending) = api.apply().expect("changes");
+        let mut q = std::mem::take(&mut self.to_clients);
+        let answer = self
+            .sfu
+            .accept_offer(now, pid, &offer.to_sdp_string(), &mut Self::sink(now, &mut q))
+            .unwrap();
+        self.to_clients = q;
+        let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+        self.clients[c].rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        self.collect();
+    }
+
+    /// Answers every SFU offer addressed to `pid` with client `c`.
+    pub fn answer_offers(&mut self, c: usize, pid: ParticipantId) -> usize {
+        let mut n = 0;
+        loop {
+            let k = self.answer_pending(c, pid);
+            if k == 0 {
+                return n;
+            }
+            n += k;
+        }
+    }
+
+    fn answer_pending(&mut self, c: usize, pid: ParticipantId) -> usize {
+        let mut n = 0;
+        self.collect();
+        let offers: Vec<String> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                SfuEvent::Offer { participant, sdp } if *participant == pid => Some(sdp.clone()),
+                _ => None,
+            })
+            .collect();
+        self.events
+            .retain(|e| !matches!(e, SfuEvent::Offer { participant, .. } if *participant == pid));
+        for sdp in offers {
+            let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+            let answer = self.clients[c].rtc.sdp_api().accept_offer(offer).unwrap();
+            let now = self.now;
+            let mut q = std::mem::take(&mut self.to_clients);
+            self.sfu
+                .accept_answer(now, pid, &answer.to_sdp_string(), &mut Self::sink(now, &mut q))
+                .unwrap();
+            self.to_clients = q;
+            self.collect();
+            n += 1;
+        }
+        n
+    }
+
+    pub fn collect(&mut self) {
+        while let Some(e) = self.sfu.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Advances the world by `dt` in 1 ms steps.
+    pub fn run(&mut self, dt: Duration) {
+        let end = self.now + dt;
+        while self.now < end {
+            self.step();
+            self.now += Duration::from_millis(1);
+        }
+    }
+
+    pub fn run_until(&mut self, max: Duration, mut f: impl FnMut(&Net) -> bool) -> bool {
+        let end = self.now + max;
+        while self.now < end {
+            if f(self) {
+                return true;
+            }
+            self.step();
+            self.now += Duration::from_millis(1);
+        }
+        f(self)
+    }
+
+    pub fn step(&mut self) {
+        let now = self.now;
+        // Clients: timers and output.
+        for c in &mut self.clients {
+            if c.next <= now {
+                c.rtc.handle_input(Input::Timeout(now)).unwrap();
+            }
+            Self::poll_client(c, now, &mut self.to_sfu);
+        }
+        // Client -> SFU.
+        while let Some(p) = self.to_sfu.pop_front() {
+            self.up_count += 1;
+            if let Some(loss) = &mut self.up_loss {
+                if loss(&p, self.up_count) {
+                    self.dropped += 1;
+                    continue;
+                }
+            }
+            let mut q = std::mem::take(&mut self.to_clients);
+            self.sfu
+                .handle_datagram(now, p.from, p.to, &p.data, &mut Self::sink(now, &mut q));
+            self.to_clients = q;
+        }
+        let mut q = std::mem::take(&mut self.to_clients);
+        self.sfu.handle_timeout(now, &mut Self::sink(now, &mut q));
+        self.to_clients = q;
+        self.collect();
+        // SFU -> clients.
+        while let Some(p) = self.to_clients.pop_front() {
+            self.down_count += 1;
+            if let Some(loss) = &mut self.down_loss {
+                if loss(&p, self.down_count) {
+                    self.dropped += 1;
+                    continue;
+                }
+            }
+            let Some(c) = self.clients.iter_mut().find(|c| c.addr == p.to) else {
+                continue;
+            };
+            let input = Input::Receive(
+                now,
+                Receive {
+                    proto: Protocol::Udp,
+                    source: p.from,
+                    destination: p.to,
+                    contents: (&p.data[..]).try_into().unwrap(),
+                },
+            );
+            c.rtc.handle_input(input).unwrap();
+            Self::poll_client(c, now, &mut self.to_sfu);
+        }
+    }
+
+    fn poll_client(c: &mut Client, now: Instant, to_sfu: &mut VecDeque<Packet>) {
+        loop {
+            match c.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => {
+                    c.next = t.max(now);
+                    return;
+                }
+                Output::Transmit(t) => to_sfu.push_back(Packet {
+                    from: t.source,
+                    to: t.destination,
+                    data: t.contents.to_vec(),
+                }),
+                Output::Event(e) => c.events.push(e),
+            }
+        }
+    }
+
+    pub fn connected(&self, pid: ParticipantId, role: Role) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, SfuEvent::Connected { participant, role: r } if *participant == pid && *r == role))
+    }
+}
