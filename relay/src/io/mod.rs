@@ -381,7 +381,10 @@ async fn wait_and_drain(running: &Running) -> Result<bool, IoError> {
 }
 
 /// Each allocation holds a socket, so the soft limit of 1024 would cap the
-/// relay far below its capacity.
+/// relay far below its capacity. Raises the soft limit to the hard one, and
+/// the hard one too when the process may (root or CAP_SYS_RESOURCE), up to
+/// [`WANT_NOFILE`] — enough for 100,000 allocations with their clients' TCP
+/// connections.
 fn raise_nofile_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -392,19 +395,33 @@ fn raise_nofile_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return;
         }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
+        let want = WANT_NOFILE.max(lim.rlim_max);
+        let higher = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        if lim.rlim_max < want && libc::setrlimit(libc::RLIMIT_NOFILE, &higher) == 0 {
+            lim = higher;
+        } else if lim.rlim_cur < lim.rlim_max {
+            let soft = libc::rlimit {
                 rlim_cur: lim.rlim_max,
                 rlim_max: lim.rlim_max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) != 0 {
                 tracing::warn!(current = lim.rlim_cur, "cannot raise the open file limit");
                 return;
             }
+            lim = soft;
         }
-        tracing::debug!(limit = lim.rlim_max, "open file limit");
+        if lim.rlim_cur < WANT_NOFILE {
+            tracing::warn!(limit = lim.rlim_cur, "open file limit caps the number of allocations");
+        } else {
+            tracing::debug!(limit = lim.rlim_cur, "open file limit");
+        }
     }
 }
+
+const WANT_NOFILE: libc::rlim_t = 262_144;
 
 type Bound = (Vec<ShardSockets>, Vec<SocketAddr>, Vec<SocketAddr>, Vec<SocketAddr>);
 
