@@ -17,9 +17,14 @@
 //!   down-tracks;
 //! - [`cache`] keeps recent packets per track to answer NACKs;
 //! - [`speaker`] detects active speakers from audio levels.
+pub mod handle;
 pub mod mux;
 pub mod participant;
 pub mod router;
+pub mod shard;
+
+pub use handle::{Sfu, SfuConfig};
+pub use router::{ParticipantId, ParticipantInfo, SfuEvent, TrackId};
 
 pub mod downtrack;
 pub mod simulcast;

@@ -50,7 +50,15 @@ pub struct Mux {
     /// (remote, local) -> peer.
     by_tuple: HashMap<(SocketAddr, SocketAddr), PeerId>,
     by_ufrag: HashMap<String, PeerId>,
+    /// Tuples whose checks were handed to another shard: the kernel's
+    /// `SO_REUSEPORT` hash sends all of a tuple's datagrams here, so its
+    /// DTLS and SRTP must follow the checks there.
+    foreign: HashMap<(SocketAddr, SocketAddr), usize>,
 }
+
+/// Most foreign tuples remembered; beyond it the table starts over (the
+/// next check of each live tuple re-teaches it).
+const MAX_FOREIGN: usize = 65536;
 
 impl Mux {
     pub fn new(shard: usize) -> Self {
@@ -80,10 +88,19 @@ impl Mux {
             return Route::Local { peer, new_tuple: false };
         }
         let Some(ufrag) = stun_server_ufrag(data) else {
-            return Route::Drop;
+            return match self.foreign.get(&(remote, local)) {
+                Some(&s) => Route::Shard(s),
+                None => Route::Drop,
+            };
         };
         match shard_of_ufrag(ufrag) {
-            Some(s) if s != self.shard => return Route::Shard(s),
+            Some(s) if s != self.shard => {
+                if self.foreign.len() >= MAX_FOREIGN {
+                    self.foreign.clear();
+                }
+                self.foreign.insert((remote, local), s);
+                return Route::Shard(s);
+            }
             None => return Route::Drop,
             Some(_) => {}
         }
@@ -156,8 +173,11 @@ mod tests {
         // Another shard's ufrag is handed over, an unknown one dropped.
         let other: SocketAddr = "127.0.0.1:5001".parse().unwrap();
         assert_eq!(mux.route(other, local, &binding("s02zzzz:x")), Route::Shard(2));
-        assert_eq!(mux.route(other, local, &binding("s01zzzz:x")), Route::Drop);
-        assert_eq!(mux.route(other, local, &binding("nope:x")), Route::Drop);
+        // ... and so is the DTLS that follows on that tuple.
+        assert_eq!(mux.route(other, local, &[22, 0xfe, 0xfd]), Route::Shard(2));
+        let third: SocketAddr = "127.0.0.1:5002".parse().unwrap();
+        assert_eq!(mux.route(third, local, &binding("s01zzzz:x")), Route::Drop);
+        assert_eq!(mux.route(third, local, &binding("nope:x")), Route::Drop);
         mux.remove_peer("s01abcd", &[(remote, local)]);
         assert_eq!(mux.route(remote, local, &[0x80, 0, 0, 0]), Route::Drop);
     }

@@ -1,0 +1,376 @@
+//! One shard: a thread with a current-thread tokio runtime that owns a
+//! [`Router`], its `SO_REUSEPORT` share of the media port and a command
+//! queue from the control plane.
+//!
+//! A single task owns everything, so nothing is shared or locked: it waits
+//! for the socket, a command or the router's next timer, handles whichever
+//! came, then flushes the datagrams the router produced as one batch (GSO
+//! for same-destination runs).
+use std::cell::Cell;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use str0m::media::Rid;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::mux::Route;
+use crate::participant::Role;
+use crate::router::{ParticipantId, ParticipantInfo, Router, SfuEvent, TrackId};
+use crate::Error;
+
+/// Largest datagram (or GRO train) one receive slot holds.
+const SLOT: usize = 65536;
+const TX_BYTES: usize = 256 * 1024;
+const TX_ITEMS: usize = 512;
+/// The kernel refuses GSO sends above 64 KiB in total.
+const GSO_MAX_BYTES: usize = 65000;
+/// Receive batches handled per wake before the loop looks at timers and
+/// commands again.
+const MAX_BATCHES_PER_WAKE: usize = 8;
+
+pub type Reply<T> = oneshot::Sender<Result<T, Error>>;
+
+/// Work for a shard, from the control plane or from another shard.
+pub enum Command {
+    Create {
+        id: ParticipantId,
+        room: String,
+        reply: Reply<ParticipantInfo>,
+    },
+    Offer {
+        id: ParticipantId,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    Answer {
+        id: ParticipantId,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    Candidate {
+        id: ParticipantId,
+        role: Role,
+        candidate: String,
+        reply: Reply<()>,
+    },
+    Subscribe {
+        subscriber: ParticipantId,
+        track: TrackId,
+        reply: Reply<()>,
+    },
+    Unsubscribe {
+        subscriber: ParticipantId,
+        track: TrackId,
+        reply: Reply<()>,
+    },
+    Settings {
+        subscriber: ParticipantId,
+        track: TrackId,
+        paused: bool,
+        rid: Option<Rid>,
+        reply: Reply<()>,
+    },
+    Remove {
+        id: ParticipantId,
+    },
+    /// A datagram another shard received for one of our peers (the kernel
+    /// hashed its tuple there).
+    Foreign {
+        remote: SocketAddr,
+        local: SocketAddr,
+        data: Vec<u8>,
+    },
+    Stop,
+}
+
+/// Everything a shard thread starts from.
+pub struct ShardInit {
+    pub index: usize,
+    pub router: Router,
+    pub socket: std::net::UdpSocket,
+    /// The address str0m knows the socket by (the advertised candidate).
+    pub local: SocketAddr,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    /// Every shard's queue (this one's included), for handovers.
+    pub peers: Vec<mpsc::UnboundedSender<Command>>,
+    pub events: mpsc::UnboundedSender<SfuEvent>,
+}
+
+/// The body of a shard thread.
+pub fn shard_main(init: ShardInit) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let span = tracing::info_span!("sfu-shard", shard = init.index);
+    let _entered = span.enter();
+    rt.block_on(run(init))
+}
+
+async fn run(init: ShardInit) -> io::Result<()> {
+    let ShardInit {
+        index,
+        mut router,
+        socket,
+        local,
+        mut commands,
+        peers,
+        events,
+    } = init;
+    let state = UdpSocketState::new((&socket).into())?;
+    let sock = UdpSocket::from_std(socket)?;
+    let mut rx = RecvBufs::new();
+    let mut tx = TxBatch::new();
+    let dropped = Cell::new(0u64);
+    loop {
+        let now = Instant::now();
+        let deadline = router.poll_timeout(now);
+        tokio::select! {
+            r = sock.readable() => {
+                r?;
+                for _ in 0..MAX_BATCHES_PER_WAKE {
+                    let n = match rx.recv(&state, &sock) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "recv failed");
+                            break;
+                        }
+                    };
+                    let now = Instant::now();
+                    for i in 0..n {
+                        let meta = rx.meta[i];
+                        let buf = rx.slot(i);
+                        for seg in segments(&meta) {
+                            let data = &buf[seg];
+                            let mut sink = |t: &str0m::net::Transmit| tx.push(t.destination, &t.contents);
+                            let route = router.handle_datagram(now, meta.addr, local, data, &mut sink);
+                            if let Route::Shard(s) = route {
+                                if s != index {
+                                    if let Some(q) = peers.get(s) {
+                                        // Cold path (ICE checks) plus the rest of a
+                                        // tuple the kernel hashed here: one copy.
+                                        let _ = q.send(Command::Foreign { remote: meta.addr, local, data: data.to_vec() });
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    tx.flush(&state, &sock, &dropped);
+                }
+            }
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { return Ok(()) };
+                let now = Instant::now();
+                let mut sink = |t: &str0m::net::Transmit| tx.push(t.destination, &t.contents);
+                if !handle_command(&mut router, now, cmd, &mut sink) {
+                    return Ok(());
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let mut sink = |t: &str0m::net::Transmit| tx.push(t.destination, &t.contents);
+                router.handle_timeout(Instant::now(), &mut sink);
+            }
+        }
+        tx.flush(&state, &sock, &dropped);
+        while let Some(ev) = router.poll_event() {
+            // Unbounded so the data plane never waits on the control plane.
+            let _ = events.send(ev);
+        }
+    }
+}
+
+/// Carries out one command; `false` to stop the shard.
+fn handle_command(router: &mut Router, now: Instant, cmd: Command, tx: &mut dyn FnMut(&str0m::net::Transmit)) -> bool {
+    match cmd {
+        Command::Create { id, room, reply } => {
+            let _ = reply.send(router.create_participant(now, &room, Some(id)));
+        }
+        Command::Offer { id, sdp, reply } => {
+            let _ = reply.send(router.accept_offer(now, id, &sdp, tx));
+        }
+        Command::Answer { id, sdp, reply } => {
+            let _ = reply.send(router.accept_answer(now, id, &sdp, tx));
+        }
+        Command::Candidate {
+            id,
+            role,
+            candidate,
+            reply,
+        } => {
+            let _ = reply.send(router.add_remote_candidate(id, role, &candidate));
+        }
+        Command::Subscribe {
+            subscriber,
+            track,
+            reply,
+        } => {
+            let _ = reply.send(router.subscribe(now, subscriber, track));
+        }
+        Command::Unsubscribe {
+            subscriber,
+            track,
+            reply,
+        } => {
+            let _ = reply.send(router.unsubscribe(now, subscriber, track));
+        }
+        Command::Settings {
+            subscriber,
+            track,
+            paused,
+            rid,
+            reply,
+        } => {
+            let _ = reply.send(router.set_track_settings(now, subscriber, track, paused, rid));
+        }
+        Command::Remove { id } => router.remove_participant(now, id),
+        Command::Foreign { remote, local, data } => {
+            router.handle_datagram(now, remote, local, &data, tx);
+        }
+        Command::Stop => return false,
+    }
+    true
+}
+
+/// One slot per message of a `recvmmsg` batch, allocated once.
+struct RecvBufs {
+    mem: Box<[u8]>,
+    meta: [RecvMeta; BATCH_SIZE],
+}
+
+impl RecvBufs {
+    fn new() -> Self {
+        RecvBufs {
+            mem: vec![0u8; SLOT * BATCH_SIZE].into_boxed_slice(),
+            meta: [RecvMeta::default(); BATCH_SIZE],
+        }
+    }
+
+    fn recv(&mut self, state: &UdpSocketState, sock: &UdpSocket) -> io::Result<usize> {
+        let mut chunks = self.mem.chunks_mut(SLOT);
+        let mut iov: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+            let chunk = chunks.next().expect("RecvBufs holds BATCH_SIZE slots");
+            IoSliceMut::new(chunk)
+        });
+        let meta = &mut self.meta;
+        sock.try_io(Interest::READABLE, || state.recv(sock.into(), &mut iov, meta))
+    }
+
+    fn slot(&self, i: usize) -> &[u8] {
+        &self.mem[i * SLOT..(i + 1) * SLOT]
+    }
+}
+
+/// The datagrams of one received message: GRO packs several of `stride`
+/// bytes back to back.
+fn segments(meta: &RecvMeta) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let len = meta.len.min(SLOT);
+    let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
+    (0..len).step_by(stride).map(move |off| off..(off + stride).min(len))
+}
+
+struct TxItem {
+    dest: SocketAddr,
+    start: u32,
+    len: u32,
+}
+
+/// Datagrams waiting to go out, back to back so a run to one destination is
+/// already a GSO super-buffer. Buffers are allocated once.
+struct TxBatch {
+    buf: Vec<u8>,
+    items: Vec<TxItem>,
+    /// Sent when the batch fills mid-loop.
+    overflow: bool,
+}
+
+impl TxBatch {
+    fn new() -> Self {
+        TxBatch {
+            buf: Vec::with_capacity(TX_BYTES),
+            items: Vec::with_capacity(TX_ITEMS),
+            overflow: false,
+        }
+    }
+
+    fn push(&mut self, dest: SocketAddr, data: &[u8]) {
+        if self.items.len() >= TX_ITEMS || self.buf.len() + data.len() > TX_BYTES {
+            // The router produces more than a batch between flushes only in
+            // bursts (keyframes to many subscribers); dropping here would
+            // lose media, so grow instead and note it.
+            self.overflow = true;
+        }
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(data);
+        self.items.push(TxItem {
+            dest,
+            start,
+            len: data.len() as u32,
+        });
+    }
+
+    fn flush(&mut self, state: &UdpSocketState, sock: &UdpSocket, dropped: &Cell<u64>) {
+        let max_segs = state.max_gso_segments().max(1);
+        let mut i = 0;
+        while i < self.items.len() {
+            let first = &self.items[i];
+            let seg = first.len as usize;
+            let mut j = i + 1;
+            let mut total = seg;
+            while j < self.items.len() && j - i < max_segs && seg > 0 {
+                let it = &self.items[j];
+                if it.dest != first.dest || it.len as usize > seg || total + it.len as usize > GSO_MAX_BYTES {
+                    break;
+                }
+                total += it.len as usize;
+                j += 1;
+                // Only the last segment of a GSO send may be shorter.
+                if (it.len as usize) < seg {
+                    break;
+                }
+            }
+            let start = first.start as usize;
+            let t = Transmit {
+                destination: first.dest,
+                ecn: None,
+                contents: &self.buf[start..start + total],
+                segment_size: if j - i > 1 { Some(seg) } else { None },
+                src_ip: None,
+            };
+            match state.try_send(sock.into(), &t) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dropped.set(dropped.get() + (j - i) as u64),
+                Err(e) if j - i > 1 => {
+                    // Some NICs reject GSO; quinn-udp then disables it on the
+                    // socket and this run goes out one datagram at a time.
+                    tracing::debug!(error = %e, "GSO send failed, retrying unsegmented");
+                    for it in &self.items[i..j] {
+                        let s = it.start as usize;
+                        let t = Transmit {
+                            destination: it.dest,
+                            ecn: None,
+                            contents: &self.buf[s..s + it.len as usize],
+                            segment_size: None,
+                            src_ip: None,
+                        };
+                        if state.try_send(sock.into(), &t).is_err() {
+                            dropped.set(dropped.get() + 1);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, dest = %first.dest, "send failed");
+                    dropped.set(dropped.get() + 1);
+                }
+            }
+            i = j;
+        }
+        self.items.clear();
+        self.buf.clear();
+        if self.overflow {
+            self.overflow = false;
+            tracing::trace!("transmit batch overflowed");
+        }
+    }
+}
