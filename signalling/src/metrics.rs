@@ -229,6 +229,9 @@ pub async fn track_http(State(metrics): State<Arc<Metrics>>, req: Request, next:
         .http_requests
         .with_label_values(&[response.status().as_str()])
         .inc();
+    if let Some(crate::api::error::ErrorCode(code)) = response.extensions().get() {
+        metrics.errors.with_label_values(&[code]).inc();
+    }
     response
 }
 

@@ -108,7 +108,14 @@ impl AppState {
             metrics: metrics.clone(),
             next: notifier,
         });
-        let rooms = RoomService::new(store, media, notifier, settings.rooms.clone(), settings.turn.clone());
+        let rooms = RoomService::new(
+            store,
+            media,
+            notifier,
+            settings.rooms.clone(),
+            settings.turn.clone(),
+            metrics.clone(),
+        );
         tokio::spawn(rooms.clone().run_media_events(media_events));
         let sweeper = rooms.clone();
         tokio::spawn(async move {

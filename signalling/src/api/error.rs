@@ -63,10 +63,18 @@ impl From<RoomError> for ApiError {
     }
 }
 
+/// The code of an error response, left in the response's extensions so the
+/// metrics middleware ([`crate::metrics::track_http`]) counts it by code:
+/// errors are built in extractors and middleware that have no metrics handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
     }
 }
 

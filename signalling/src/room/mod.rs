@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::auth::{Claims, Grants};
 use crate::media::{IceCandidate, MediaError, MediaEvent, MediaPlane, ParticipantRef, Target, TrackSettings};
+use crate::metrics::Metrics;
 use crate::model::{self, Participant, ParticipantState, Permissions, Room, Track, TrackKind};
 use crate::store::{Store, StoreError};
 use crate::ws::protocol::{IceServer, PublishTrack, ServerMessage};
@@ -234,6 +235,8 @@ struct Conn {
     id: u64,
     tx: mpsc::Sender<ServerMessage>,
     close: watch::Sender<Option<String>>,
+    /// `rtc_signal_messages_dropped_total`, counted where the drop happens.
+    dropped: prometheus::IntCounter,
 }
 
 impl Conn {
@@ -241,6 +244,7 @@ impl Conn {
         match self.tx.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.inc();
                 // The session task will notice, close the socket and report the drop.
                 self.close.send_if_modified(|r| {
                     if r.is_none() {
@@ -306,6 +310,7 @@ struct Inner {
     notifier: Arc<dyn Notifier>,
     settings: RoomSettings,
     turn: TurnConfig,
+    metrics: Arc<Metrics>,
     live: Mutex<HashMap<String, LiveRoom>>,
     room_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_conn: AtomicU64,
@@ -340,6 +345,7 @@ impl RoomService {
         notifier: Arc<dyn Notifier>,
         settings: RoomSettings,
         turn: TurnConfig,
+        metrics: Arc<Metrics>,
     ) -> Self {
         RoomService {
             inner: Arc::new(Inner {
@@ -348,6 +354,7 @@ impl RoomService {
                 notifier,
                 settings,
                 turn,
+                metrics,
                 live: Mutex::new(HashMap::new()),
                 room_locks: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
@@ -361,6 +368,11 @@ impl RoomService {
 
     pub fn turn(&self) -> &TurnConfig {
         &self.inner.turn
+    }
+
+    /// The metrics sessions of this service count their messages in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveRoom>> {
@@ -713,6 +725,7 @@ impl RoomService {
             id: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
             close: close_tx,
+            dropped: self.inner.metrics.messages_dropped.clone(),
         };
         let conn_id = conn.id;
         if let Some(token) = resume {

@@ -33,6 +33,7 @@ fn service(rec: Arc<Recorder>) -> RoomService {
         rec,
         settings,
         TurnConfig::default(),
+        Arc::new(crate::metrics::Metrics::default()),
     )
 }
 

@@ -124,7 +124,21 @@ enum Incoming {
 }
 
 impl Session {
+    /// Writes one message; `false` when the socket failed, timed out or the
+    /// client was declared too slow. Counts every message and error sent.
     async fn send(&mut self, id: Option<u64>, msg: &ServerMessage) -> bool {
+        if let ServerMessage::Error { code, .. } = msg {
+            // Codes are the fixed strings of PROTOCOL.md, so the label set is bounded.
+            self.rooms.metrics().errors.with_label_values(&[code.as_str()]).inc();
+        }
+        let sent = self.write(id, msg).await;
+        if sent {
+            self.rooms.metrics().messages_out.inc();
+        }
+        sent
+    }
+
+    async fn write(&mut self, id: Option<u64>, msg: &ServerMessage) -> bool {
         let text = encode(id, msg);
         let write = timeout(self.limits.write_timeout, self.socket.send(Message::Text(text.into())));
         match &self.close {
@@ -143,6 +157,10 @@ impl Session {
 
     /// Turns one WebSocket frame into a client message, answering problems itself.
     async fn read(&mut self, frame: Option<Result<Message, axum::Error>>) -> Incoming {
+        if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
+            // Every client message counts, including those refused below.
+            self.rooms.metrics().messages_in.inc();
+        }
         let text = match frame {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
