@@ -34,6 +34,9 @@ pub enum Role {
 
 /// What a peer reports after input or a timeout. Transmits are not events:
 /// they go straight to the caller's sink while draining.
+// `Rtp` dwarfs the rest, but boxing it would cost an allocation per packet;
+// the queue these live in is reused, so the size costs nothing per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum PeerEvent {
     /// ICE and DTLS are up.
@@ -178,22 +181,6 @@ impl Peer {
         }
     }
 
-    pub fn accepts(&mut self, source: SocketAddr, destination: SocketAddr, data: &[u8]) -> bool {
-        let Ok(contents) = data.try_into() else {
-            return false;
-        };
-        let input = Input::Receive(
-            Instant::now(),
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination,
-                contents,
-            },
-        );
-        self.guard(|rtc| rtc.accepts(&input)).unwrap_or(false)
-    }
-
     /// Feeds one datagram. Malformed input is dropped, not an error: the
     /// network is untrusted.
     pub fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
@@ -209,9 +196,8 @@ impl Peer {
                 contents,
             },
         );
-        match self.guard(|rtc| rtc.handle_input(input)) {
-            Some(Err(e)) => tracing::debug!(error = %e, ufrag = %self.ufrag, "input refused"),
-            Some(Ok(())) | None => {}
+        if let Some(Err(e)) = self.guard(|rtc| rtc.handle_input(input)) {
+            tracing::debug!(error = %e, ufrag = %self.ufrag, "input refused");
         }
     }
 
@@ -359,5 +345,31 @@ impl Peer {
         let line = candidate.trim().trim_start_matches("a=");
         let c = Candidate::from_sdp_string(line).map_err(|e| Error::Candidate(e.to_string()))?;
         self.guard(|rtc| rtc.add_remote_candidate(c)).ok_or(Error::Panicked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_the_rtc_closes_only_this_peer() {
+        let now = Instant::now();
+        let cfg = PeerConfig {
+            candidates: vec!["127.0.0.1:7000".parse().unwrap()],
+            initial_estimate: Bitrate::kbps(500),
+        };
+        let mut bad = Peer::new(now, Role::Publisher, &cfg, "s00").unwrap();
+        let mut good = Peer::new(now, Role::Publisher, &cfg, "s00").unwrap();
+        assert_eq!(bad.guard(|_| -> u32 { panic!("bug in the state machine") }), None);
+        assert!(bad.is_failed());
+        // Failed peers are never entered again.
+        assert_eq!(bad.guard(|_| 1), None);
+        let mut events = VecDeque::new();
+        bad.drain(|_| {}, &mut events);
+        assert!(matches!(events.pop_front(), Some(PeerEvent::Closed { panicked: true })));
+        // The other peer is untouched.
+        assert_eq!(good.guard(|rtc| rtc.is_alive()), Some(true));
+        assert!(good.ufrag.starts_with("s00"));
     }
 }

@@ -158,7 +158,7 @@ fn rtp_loss_5pct() -> common::LossFn {
             return false;
         }
         n += 1;
-        n % 20 == 0
+        n.is_multiple_of(20)
     })
 }
 
