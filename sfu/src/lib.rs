@@ -74,6 +74,7 @@
 //! tuple's DTLS/SRTP too (a copy per datagram on that path; connected
 //! per-client sockets would remove it).
 pub mod handle;
+pub mod keyframe;
 pub mod mux;
 pub mod participant;
 pub mod router;
