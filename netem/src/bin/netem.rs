@@ -1,0 +1,2 @@
+//! CLI, filled in by a later step.
+fn main() {}
