@@ -106,7 +106,7 @@ enum Cmd {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/rtc-relay"))]
         rtc_relay: PathBuf,
         /// rtc-relay's arguments; {listen} {port} {secret} {realm} are substituted.
-        #[arg(long, default_value = DEFAULT_RTC_ARGS)]
+        #[arg(long, default_value = DEFAULT_RTC_ARGS, allow_hyphen_values = true)]
         rtc_relay_args: String,
         #[arg(long, default_value = "turnserver")]
         turnserver: PathBuf,
