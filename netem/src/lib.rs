@@ -34,3 +34,4 @@
 //! Internet.
 
 pub mod engine;
+pub mod topology;
