@@ -2,8 +2,10 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::media::NoMedia;
+use crate::media::{MediaEvent, NoMedia};
+use crate::model::{ParticipantState, TrackKind};
 use crate::store::MemoryStore;
+use crate::ws::protocol::{PublishTrack, ServerMessage};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<String>>);

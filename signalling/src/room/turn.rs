@@ -1,5 +1,6 @@
 //! ICE servers handed to clients: STUN URLs plus TURN REST credentials for
 //! the embedded relay (or any TURN server sharing the secret).
+use super::{unix_s, Caller, Result, RoomError, RoomService};
 use crate::ws::protocol::IceServer;
 
 #[derive(Clone, Debug, Default)]
@@ -40,6 +41,30 @@ impl TurnConfig {
             });
         }
         servers
+    }
+}
+
+impl RoomService {
+    /// TURN credentials for an admin or for a participant's own token.
+    pub fn turn_credentials(&self, caller: &Caller, ttl_s: u64, now_ms: u64) -> Result<Vec<IceServer>> {
+        let participant = caller.grants.room_join && !caller.identity.is_empty();
+        if !(caller.grants.room_admin || participant) {
+            return Err(RoomError::PermissionDenied(
+                "room_admin or room_join grant required".into(),
+            ));
+        }
+        if ttl_s == 0 || ttl_s > MAX_TTL_S {
+            return Err(RoomError::InvalidArgument(format!(
+                "ttl must be between 1 and {}",
+                MAX_TTL_S
+            )));
+        }
+        let user = if caller.identity.is_empty() {
+            "admin"
+        } else {
+            caller.identity.as_str()
+        };
+        Ok(self.inner.turn.ice_servers(user, ttl_s, unix_s(now_ms)))
     }
 }
 
