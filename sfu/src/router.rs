@@ -19,8 +19,12 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::Transmit;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
+use crate::allocator::{allocate, Allocation, AllocationState, TrackDemand, TrackKind};
+use crate::downtrack::{DownTrack, PacketInfo, SourceId};
+use crate::keyframe::is_keyframe;
 use crate::mux::{shard_prefix, Mux, PeerId, Route};
 use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
+use crate::simulcast::MAX_LAYERS;
 use crate::Error;
 
 /// Identifies a participant across the whole SFU (assigned by the handle).
@@ -135,6 +139,11 @@ struct Track {
     params: Vec<(Pt, PayloadParams)>,
     last_keyframe_request: Vec<(Option<Rid>, Instant)>,
     started: bool,
+    /// Bytes per layer in the current window, and the last window's rates
+    /// (what the allocator weighs layers by).
+    layer_bytes: [u64; MAX_LAYERS],
+    layer_bps: [Option<u64>; MAX_LAYERS],
+    window_start: Option<Instant>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -144,57 +153,46 @@ enum DownState {
     Open,
 }
 
-/// One subscription: rewrites the source's numbering into a continuous
-/// stream for the subscriber's SSRC (str0m's send stream gives the SSRC).
+/// One subscription. str0m's send stream gives it its own SSRC; the
+/// [`DownTrack`] rebases sequence numbers and timestamps across layer
+/// switches and pauses.
 struct Down {
     source: TrackId,
     state: DownState,
-    /// The simulcast layer forwarded (`None` for a single stream).
-    rid: Option<Rid>,
+    /// The layer forwarded now and the one wanted; they differ until the
+    /// wanted layer's next keyframe.
+    current: Option<Rid>,
+    target: Option<Rid>,
+    /// The subscriber's own choice of layer, a cap for the allocator.
+    pinned: Option<Rid>,
+    /// Paused by the subscriber.
     paused: bool,
+    /// Paused by the allocator: not even the lowest layer fits.
+    bw_paused: bool,
     /// publisher PT -> subscriber PT.
     pts: Vec<(Pt, Pt)>,
-    rewrite: Option<Rewrite>,
+    dt: DownTrack,
+    /// Highest extended output sequence number written (str0m wants
+    /// extended numbers; the down-track gives 16 bits).
+    out_ext: Option<u64>,
 }
 
-/// Offsets from the source's extended sequence numbers and timestamps to
-/// the subscriber's. Re-based on a layer switch so the output stays
-/// continuous.
-#[derive(Clone, Copy, Debug)]
-struct Rewrite {
-    in_seq: u64,
-    out_seq: u64,
-    in_ts: u32,
-    out_ts: u32,
-    last_out_seq: u64,
-    last_out_ts: u32,
+/// Extends a 16-bit sequence number to the extended number nearest `last`.
+fn extend_seq(last: u64, seq: u16) -> u64 {
+    let delta = seq.wrapping_sub(last as u16) as i16;
+    last.saturating_add_signed(i64::from(delta))
 }
 
-impl Rewrite {
-    fn start(seq: u64, ts: u32) -> Self {
-        // Output starts low so the SRTP rollover counter is 0, which the
-        // receiver assumes without signalling.
-        Rewrite {
-            in_seq: seq,
-            out_seq: 1,
-            in_ts: ts,
-            out_ts: ts,
-            last_out_seq: 1,
-            last_out_ts: ts,
-        }
-    }
-
-    /// `None` for packets older than the base (reordered across a switch).
-    fn map(&mut self, seq: u64, ts: u32) -> Option<(u64, u32)> {
-        let seq = self.out_seq + seq.checked_sub(self.in_seq)?;
-        let ts = self.out_ts.wrapping_add(ts.wrapping_sub(self.in_ts));
-        if seq > self.last_out_seq {
-            self.last_out_seq = seq;
-            self.last_out_ts = ts;
-        }
-        Some((seq, ts))
-    }
+/// Index of a simulcast layer: its position in the publisher's rid list,
+/// which clients order from lowest to highest quality (`q;h;f`).
+fn layer_of(rids: &[Rid], rid: Option<Rid>) -> usize {
+    rid.and_then(|r| rids.iter().position(|x| *x == r))
+        .unwrap_or(0)
+        .min(MAX_LAYERS - 1)
 }
+
+/// Window over which layer bitrates are measured.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
 
 /// Construction parameters of a router.
 #[derive(Clone, Debug)]
@@ -351,7 +349,7 @@ impl Router {
             for (mid, d) in p.downs.iter_mut() {
                 if d.state == DownState::Negotiating {
                     d.state = DownState::Open;
-                    opened.push((*mid, d.source, d.rid));
+                    opened.push((*mid, d.source, d.target));
                 }
             }
         }
@@ -431,11 +429,17 @@ impl Router {
         for d in p.downs.values_mut().filter(|d| d.source == track) {
             let was_paused = d.paused;
             d.paused = paused;
-            if rid.is_some() && rid != d.rid {
-                d.rid = rid;
+            if paused && !was_paused {
+                d.dt.pause();
+            } else if !paused && was_paused {
+                d.dt.resume();
+            }
+            d.pinned = rid;
+            if rid.is_some() && rid != d.target {
+                d.target = rid;
                 resumed = Some(rid);
             } else if was_paused && !paused {
-                resumed = Some(d.rid);
+                resumed = Some(d.target);
             }
         }
         if let Some(rid) = resumed {
@@ -534,7 +538,16 @@ impl Router {
         };
         slot.peer.pending_offer = Some(pending);
         for (mid, source) in added {
-            let rid = self.tracks.get(&source).and_then(|t| t.rids.last().copied());
+            let Some(track) = self.tracks.get(&source) else {
+                continue;
+            };
+            // Start on the best layer; the first estimate moves it down if
+            // it does not fit.
+            let rid = track.rids.last().copied();
+            let dt = match track.kind {
+                MediaKind::Audio => DownTrack::audio(0, 48_000),
+                MediaKind::Video => DownTrack::new(0, 90_000),
+            };
             if let Some(t) = self.tracks.get_mut(&source) {
                 t.subscribers.push((id, mid));
             }
@@ -543,10 +556,14 @@ impl Router {
                 Down {
                     source,
                     state: DownState::Negotiating,
-                    rid,
+                    current: None,
+                    target: rid,
+                    pinned: None,
                     paused: false,
+                    bw_paused: false,
                     pts: Vec::new(),
-                    rewrite: None,
+                    dt,
+                    out_ext: None,
                 },
             );
         }
@@ -648,6 +665,9 @@ impl Router {
                     params: Vec::new(),
                     last_keyframe_request: Vec::new(),
                     started: false,
+                    layer_bytes: [0; MAX_LAYERS],
+                    layer_bps: [None; MAX_LAYERS],
+                    window_start: None,
                 });
                 self.events.push_back(SfuEvent::TrackPublished {
                     track,
@@ -660,18 +680,10 @@ impl Router {
                 let Some(d) = self.participants.get(&owner).and_then(|p| p.downs.get(&mid)) else {
                     return;
                 };
-                let (source, rid) = (d.source, d.rid);
+                let (source, rid) = (d.source, d.target);
                 self.request_keyframe(now, source, rid, kind);
             }
-            PeerEvent::Estimate(b) => {
-                if let Some(p) = self.participants.get_mut(&owner) {
-                    p.estimate = Some(b);
-                }
-                self.events.push_back(SfuEvent::Estimate {
-                    participant: owner,
-                    bitrate: b.as_u64(),
-                });
-            }
+            PeerEvent::Estimate(b) => self.on_estimate(now, owner, b),
             PeerEvent::Connected => self.events.push_back(SfuEvent::Connected {
                 participant: owner,
                 role,
@@ -758,6 +770,112 @@ impl Router {
         }
     }
 
+    /// A new downlink estimate for `participant`'s subscriber connection:
+    /// divides it across the down-tracks (allocator), moving simulcast
+    /// targets and pausing what cannot fit, and tells str0m's BWE what to
+    /// probe for. Public so tests and operators can impose an estimate.
+    pub fn on_estimate(&mut self, now: Instant, participant: ParticipantId, estimate: Bitrate) {
+        self.events.push_back(SfuEvent::Estimate {
+            participant,
+            bitrate: estimate.as_u64(),
+        });
+        let Some(p) = self.participants.get_mut(&participant) else {
+            return;
+        };
+        p.estimate = Some(estimate);
+        // Control rate (one estimate every few hundred ms), so these
+        // vectors are not on the packet path.
+        let mut mids = Vec::with_capacity(p.downs.len());
+        let mut demands = Vec::with_capacity(p.downs.len());
+        for (mid, d) in &p.downs {
+            let Some(t) = self.tracks.get(&d.source) else { continue };
+            let kind = match t.kind {
+                MediaKind::Audio => TrackKind::Audio,
+                MediaKind::Video => TrackKind::Camera,
+            };
+            let mut layers = t.layer_bps;
+            // Until a layer has been measured (first second of a track), it
+            // is assumed to cost what such a layer typically does, so a new
+            // subscription is not paused for lack of data.
+            let defaults: &[u64] = match (t.kind, t.rids.len()) {
+                (MediaKind::Audio, _) => &[40_000],
+                (MediaKind::Video, 0 | 1) => &[300_000],
+                (MediaKind::Video, 2) => &[150_000, 600_000],
+                (MediaKind::Video, _) => &[100_000, 400_000, 1_200_000],
+            };
+            let unmeasured = t.layer_bps.iter().all(Option::is_none);
+            for (l, d) in layers.iter_mut().zip(defaults) {
+                if l.is_none() && unmeasured {
+                    *l = Some(*d);
+                }
+            }
+            let max_layer = match d.pinned {
+                Some(r) => layer_of(&t.rids, Some(r)),
+                None => t.rids.len().saturating_sub(1),
+            } as u8;
+            let current = d.current.map(|r| layer_of(&t.rids, Some(r)) as u8).or_else(|| {
+                // A single stream being forwarded is layer 0.
+                (d.current.is_none() && t.rids.is_empty() && !d.bw_paused).then_some(0)
+            });
+            mids.push(*mid);
+            demands.push(TrackDemand {
+                kind,
+                priority: 0,
+                layers,
+                max_layer,
+                paused: d.paused,
+                current,
+            });
+        }
+        let mut out = vec![Allocation::default(); demands.len()];
+        let Ok(summary) = allocate(estimate.as_u64(), &demands, &mut out) else {
+            return;
+        };
+        let mut switches = Vec::new();
+        for (mid, a) in mids.iter().zip(&out) {
+            let Some(d) = p.downs.get_mut(mid) else { continue };
+            let Some(t) = self.tracks.get(&d.source) else { continue };
+            match a.state {
+                AllocationState::Forwarding => {
+                    let was_paused = d.bw_paused;
+                    d.bw_paused = false;
+                    if was_paused {
+                        d.dt.resume();
+                    }
+                    if let Some(l) = a.layer {
+                        let rid = t.rids.get(usize::from(l)).copied();
+                        if rid != d.target || was_paused {
+                            d.target = rid;
+                            switches.push((d.source, rid));
+                        }
+                    }
+                }
+                AllocationState::PausedByBandwidth => {
+                    if !d.bw_paused {
+                        d.bw_paused = true;
+                        d.current = None;
+                        d.dt.pause();
+                    }
+                }
+                AllocationState::PausedByPreference => {}
+            }
+        }
+        let sid = p.subscriber;
+        for (source, rid) in switches {
+            self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);
+        }
+        if let Some(peer) = sid.and_then(|s| self.peer_mut(s)) {
+            // Padding up to the next upgrade's rate is how the estimator
+            // learns whether it fits; with nothing to upgrade, no padding.
+            let (min, desired) = match summary.probe_bps {
+                Some(p) => (p, p.max(summary.allocated_bps)),
+                None => (0, summary.allocated_bps),
+            };
+            let (min, desired) = (Bitrate::bps(min), Bitrate::bps(desired));
+            peer.guard(|rtc| rtc.bwe().set_bitrate(min, desired));
+        }
+    }
+
     /// Fans one received packet out to the track's down-tracks.
     fn forward(&mut self, now: Instant, source: TrackId, rid: Option<Rid>, packet: RtpPacket) {
         let Some(track) = self.tracks.get_mut(&source) else {
@@ -767,6 +885,19 @@ impl Router {
             track.started = true;
             self.events.push_back(SfuEvent::TrackMediaStarted { track: source });
         }
+        let layer = layer_of(&track.rids, rid);
+        // Layer bitrates over fixed windows of arrival time.
+        let window = *track.window_start.get_or_insert(now);
+        if now.saturating_duration_since(window) >= RATE_WINDOW {
+            let secs = now.saturating_duration_since(window).as_secs_f64();
+            for (bps, bytes) in track.layer_bps.iter_mut().zip(track.layer_bytes.iter_mut()) {
+                *bps = (*bytes > 0).then(|| (*bytes as f64 * 8.0 / secs) as u64);
+                *bytes = 0;
+            }
+            track.window_start = Some(now);
+        }
+        track.layer_bytes[layer] += (packet.payload.len() + packet.header.header_len) as u64;
+
         let pt_in = packet.header.payload_type;
         let params = match track.params.iter().find(|(p, _)| *p == pt_in) {
             Some((_, params)) => *params,
@@ -789,6 +920,7 @@ impl Router {
             }
         };
         let is_video = track.kind == MediaKind::Video;
+        let keyframe = is_video && is_keyframe(params.spec().codec, &packet.payload);
         let h = &packet.header;
         let ext = ExtensionValues {
             audio_level: h.ext_vals.audio_level,
@@ -797,17 +929,45 @@ impl Router {
             video_content_type: h.ext_vals.video_content_type,
             ..Default::default()
         };
-        let seq_in = *packet.seq_no;
-        let ts_in = h.timestamp;
+        let info = PacketInfo {
+            source: SourceId(layer as u8),
+            seq: h.sequence_number,
+            ts: h.timestamp,
+            keyframe,
+            droppable: false,
+            marker: h.marker,
+            arrival: now,
+        };
+        let mut want_keyframe = None;
         for &(sub, mid) in &track.subscribers {
             let Some(p) = self.participants.get_mut(&sub) else {
                 continue;
             };
             let Some(sid) = p.subscriber else { continue };
             let Some(d) = p.downs.get_mut(&mid) else { continue };
-            if d.state != DownState::Open || d.paused || d.rid != rid {
+            if d.state != DownState::Open || d.paused || d.bw_paused {
                 continue;
             }
+            // Keyframe-aligned switching: keep the current layer until the
+            // target's keyframe arrives, then move for good.
+            if rid == d.target && d.current != d.target {
+                if is_video && !keyframe {
+                    want_keyframe = Some(rid);
+                    continue;
+                }
+                if d.current.is_none() {
+                    d.dt.resume();
+                }
+                d.current = d.target;
+            } else if rid != d.current {
+                continue;
+            }
+            let Some(rw) = d.dt.forward(&info) else { continue };
+            let out_ext = match d.out_ext {
+                None => u64::from(rw.seq),
+                Some(last) => extend_seq(last, rw.seq),
+            };
+            d.out_ext = Some(d.out_ext.map_or(out_ext, |l| l.max(out_ext)));
             let Some(slot) = self.peers.get_mut(sid.0 as usize).and_then(Option::as_mut) else {
                 continue;
             };
@@ -823,20 +983,15 @@ impl Router {
                     o
                 }
             };
-            let rw = d.rewrite.get_or_insert_with(|| Rewrite::start(seq_in, ts_in));
-            let Some((seq, ts)) = rw.map(seq_in, ts_in) else {
-                continue;
-            };
             let payload = packet.payload.clone();
-            let marker = h.marker;
             let wrote = slot.peer.guard(|rtc| {
                 let mut api = rtc.direct_api();
                 let Some(stream) = api.stream_tx_by_mid(mid, None) else {
                     return false;
                 };
                 stream.write_rtp(
-                    RtpWrite::new(pt_out, seq.into(), ts, now, payload)
-                        .marker(marker)
+                    RtpWrite::new(pt_out, out_ext.into(), rw.ts, now, payload)
+                        .marker(rw.marker)
                         .ext_vals(ext.clone())
                         .nackable(is_video),
                 );
@@ -845,6 +1000,9 @@ impl Router {
             if wrote == Some(true) && self.dirty.last() != Some(&sid) {
                 self.dirty.push(sid);
             }
+        }
+        if let Some(rid) = want_keyframe {
+            self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);
         }
     }
 }
