@@ -34,4 +34,7 @@
 //! Internet.
 
 pub mod engine;
+pub mod packet;
+pub mod pool;
+pub mod router;
 pub mod topology;
