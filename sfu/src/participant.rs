@@ -261,7 +261,12 @@ impl Peer {
                 let rids = m
                     .simulcast
                     .as_ref()
-                    .map(|s| s.send.iter().map(|l| l.rid).collect())
+                    .map(|s| {
+                        // str0m states it from our side: the client's
+                        // `a=simulcast:send` layers are what we receive.
+                        let layers = if s.recv.is_empty() { &s.send } else { &s.recv };
+                        layers.iter().map(|l| l.rid).collect()
+                    })
                     .unwrap_or_default();
                 let track_id = self
                     .rtc

@@ -128,6 +128,8 @@ struct Participant {
     /// Data channels open on the publisher connection, by label.
     channels: HashMap<String, ChannelId>,
     estimate: Option<Bitrate>,
+    /// Replaces str0m's estimate when set (operator cap, tests).
+    estimate_override: Option<Bitrate>,
 }
 
 struct Track {
@@ -312,6 +314,7 @@ impl Router {
                 pending_stops: Vec::new(),
                 channels: HashMap::new(),
                 estimate: None,
+                estimate_override: None,
             },
         );
         self.rooms.entry(room.to_string()).or_default().push(id);
@@ -683,7 +686,10 @@ impl Router {
                 let (source, rid) = (d.source, d.target);
                 self.request_keyframe(now, source, rid, kind);
             }
-            PeerEvent::Estimate(b) => self.on_estimate(now, owner, b),
+            PeerEvent::Estimate(b) => {
+                let forced = self.participants.get(&owner).and_then(|p| p.estimate_override);
+                self.on_estimate(now, owner, forced.unwrap_or(b));
+            }
             PeerEvent::Connected => self.events.push_back(SfuEvent::Connected {
                 participant: owner,
                 role,
@@ -767,6 +773,18 @@ impl Router {
                 }
             });
             self.dirty.push(pid);
+        }
+    }
+
+    /// Pins `participant`'s downlink estimate (`None` returns to str0m's),
+    /// and reallocates at once.
+    pub fn set_estimate_override(&mut self, now: Instant, participant: ParticipantId, estimate: Option<Bitrate>) {
+        let Some(p) = self.participants.get_mut(&participant) else {
+            return;
+        };
+        p.estimate_override = estimate;
+        if let Some(b) = estimate.or(p.estimate) {
+            self.on_estimate(now, participant, b);
         }
     }
 

@@ -1,0 +1,170 @@
+//! Three-layer simulcast through the router: the subscriber's estimate
+//! falls, the allocator moves it to a lower layer at that layer's keyframe
+//! (asking the publisher for one), then back up; with too little for even
+//! the lowest layer, video pauses.
+mod common;
+
+use std::time::Duration;
+
+use common::Net;
+use sfu::participant::Role;
+use sfu::router::TrackId;
+use str0m::bwe::Bitrate;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
+use str0m::rtp::RtpWrite;
+use str0m::Event;
+
+const RIDS: [&str; 3] = ["q", "h", "f"];
+/// Payload bytes per packet of each layer (50 packets/s each).
+const SIZES: [usize; 3] = [100, 400, 1000];
+
+struct Publisher {
+    seq: [u64; 3],
+    sent: u64,
+    /// Layers whose next packet must be a keyframe (requested by the SFU).
+    force_key: [bool; 3],
+    /// Keyframe requests received per layer.
+    requests: [usize; 3],
+}
+
+impl Publisher {
+    /// One packet per layer; every 25th is a keyframe, or the next one after
+    /// a keyframe request.
+    fn send(&mut self, net: &mut Net, c: usize, mid: Mid) {
+        let now = net.now;
+        // Keyframe requests the SFU sent upstream since the last call.
+        let reqs: Vec<Option<Rid>> = net.clients[c]
+            .events
+            .drain(..)
+            .filter_map(|e| match e {
+                Event::KeyframeRequest(r) => Some(r.rid),
+                _ => None,
+            })
+            .collect();
+        for rid in reqs.into_iter().flatten() {
+            if let Some(l) = RIDS.iter().position(|r| Rid::from(*r) == rid) {
+                self.force_key[l] = true;
+                self.requests[l] += 1;
+            }
+        }
+        let rtc = &mut net.clients[c].rtc;
+        let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+        for l in 0..3 {
+            let key = self.sent.is_multiple_of(25) || self.force_key[l];
+            self.force_key[l] = false;
+            let mut payload = vec![0u8; SIZES[l]];
+            payload[0] = 0x10;
+            payload[1] = if key { 0x00 } else { 0x01 };
+            payload[2] = l as u8;
+            let mut api = rtc.direct_api();
+            let stream = api.stream_tx_by_mid(mid, Some(RIDS[l].into())).expect("layer stream");
+            let seq = self.seq[l];
+            self.seq[l] += 1;
+            stream.write_rtp(
+                RtpWrite::new(pt, seq.into(), 3000 * self.sent as u32, now, payload)
+                    .marker(true)
+                    .nackable(true),
+            );
+        }
+        self.sent += 1;
+    }
+}
+
+/// Layers of the video packets the subscriber got since `from`, in order.
+fn layers_since(net: &Net, c: usize, from: usize) -> Vec<(u64, u8)> {
+    net.clients[c]
+        .rtp_packets()
+        .filter(|p| p.payload.len() >= 100)
+        .skip(from)
+        .map(|p| (*p.seq_no, p.payload[2]))
+        .collect()
+}
+
+fn video_count(net: &Net, c: usize) -> usize {
+    net.clients[c].rtp_packets().filter(|p| p.payload.len() >= 100).count()
+}
+
+fn run_for(net: &mut Net, p: &mut Publisher, c: usize, mid: Mid, ms: u64) {
+    for _ in 0..ms / 20 {
+        p.send(net, c, mid);
+        net.run(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn estimate_falls_layer_drops_then_recovers_and_pauses() {
+    let mut net = Net::new();
+    let now = net.now;
+    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let a = net.add_client("10.0.0.2:4000");
+    let b = net.add_client("10.0.0.3:4000");
+    let mut mid = None;
+    net.publish_offer(a, alice, |api| {
+        let mut sim = Simulcast::new();
+        for r in RIDS {
+            sim.add_send_layer(SimulcastLayer::new(r));
+        }
+        mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim)));
+    });
+    let mid = mid.unwrap();
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
+    let mut publisher = Publisher {
+        seq: [10, 2000, 40000],
+        sent: 0,
+        force_key: [false; 3],
+        requests: [0; 3],
+    };
+    // A second of all three layers, so the SFU knows their rates.
+    run_for(&mut net, &mut publisher, a, mid, 1000);
+
+    let track = TrackId { publisher: alice, mid };
+    let now = net.now;
+    net.sfu.subscribe(now, bob, track).unwrap();
+    net.answer_offers(b, bob);
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+    // Plenty of bandwidth: the best layer.
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, 1000);
+    let got = layers_since(&net, b, 0);
+    assert!(got.len() >= 30, "received {}", got.len());
+    assert_eq!(got.last().unwrap().1, 2, "top layer at 10 Mbit/s");
+
+    // The estimate falls below the top layer's rate: down to a lower one.
+    let mark = video_count(&net, b);
+    let asked = publisher.requests;
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::kbps(250)));
+    run_for(&mut net, &mut publisher, a, mid, 1000);
+    let got = layers_since(&net, b, mark);
+    let last = got.last().unwrap().1;
+    assert!(last < 2, "moved down, got {got:?}");
+    // The switch asked the publisher for a keyframe of the new layer rather
+    // than waiting for the next periodic one.
+    assert!(
+        publisher.requests[last as usize] > asked[last as usize],
+        "keyframe requested on the switch"
+    );
+    // One continuous stream across the switch.
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "sequence continuous across the switch");
+    }
+
+    // Back up.
+    let mark = video_count(&net, b);
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, 1500);
+    let got = layers_since(&net, b, mark);
+    assert_eq!(got.last().unwrap().1, 2, "back to the top layer");
+
+    // Too little for the lowest layer: video pauses.
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::kbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, 200);
+    let mark = video_count(&net, b);
+    run_for(&mut net, &mut publisher, a, mid, 1000);
+    assert_eq!(video_count(&net, b), mark, "paused");
+}
