@@ -25,6 +25,7 @@ use crate::keyframe::is_keyframe;
 use crate::mux::{shard_prefix, Mux, PeerId, Route};
 use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
 use crate::simulcast::MAX_LAYERS;
+use crate::speaker::{SpeakerConfig, SpeakerDetector};
 use crate::Error;
 
 /// Identifies a participant across the whole SFU (assigned by the handle).
@@ -79,6 +80,11 @@ pub enum SfuEvent {
     Disconnected {
         participant: ParticipantId,
         panicked: bool,
+    },
+    /// The room's active speakers changed (loudest first; empty = silence).
+    Speakers {
+        room: String,
+        speakers: Vec<(ParticipantId, f32)>,
     },
     /// The subscriber connection's downlink estimate changed.
     Estimate {
@@ -218,7 +224,13 @@ pub struct Router {
     /// Peers written to since their last drain.
     dirty: Vec<PeerId>,
     next_id: u64,
+    /// Active speaker detection per room.
+    speakers: HashMap<String, SpeakerDetector>,
+    next_speaker_tick: Option<Instant>,
 }
+
+/// How often rooms' speaker rankings are recomputed.
+const SPEAKER_TICK: Duration = Duration::from_millis(200);
 
 impl Router {
     pub fn new(cfg: RouterConfig) -> Self {
@@ -235,6 +247,8 @@ impl Router {
             scratch: VecDeque::new(),
             dirty: Vec::new(),
             next_id: 1,
+            speakers: HashMap::new(),
+            next_speaker_tick: None,
         }
     }
 
@@ -318,6 +332,9 @@ impl Router {
             },
         );
         self.rooms.entry(room.to_string()).or_default().push(id);
+        self.speakers
+            .entry(room.to_string())
+            .or_insert_with(|| SpeakerDetector::new(SpeakerConfig::default()));
         Ok(ParticipantInfo { id, ufrag })
     }
 
@@ -464,7 +481,11 @@ impl Router {
             members.retain(|m| *m != id);
             if members.is_empty() {
                 self.rooms.remove(&p.room);
+                self.speakers.remove(&p.room);
             }
+        }
+        if let Some(det) = self.speakers.get_mut(&p.room) {
+            det.remove(id.0);
         }
         for d in p.downs.values() {
             if let Some(t) = self.tracks.get_mut(&d.source) {
@@ -616,6 +637,21 @@ impl Router {
             }
         }
         self.settle(now, tx);
+        if self.next_speaker_tick.is_none_or(|t| t <= now) {
+            self.next_speaker_tick = Some(now + SPEAKER_TICK);
+            for (room, det) in self.speakers.iter_mut() {
+                if let Some(list) = det.tick(now) {
+                    let speakers = list
+                        .iter()
+                        .map(|s| (ParticipantId(s.participant), s.loudness))
+                        .collect();
+                    self.events.push_back(SfuEvent::Speakers {
+                        room: room.clone(),
+                        speakers,
+                    });
+                }
+            }
+        }
     }
 
     /// Drains peers written to until nothing is left to do.
@@ -938,6 +974,16 @@ impl Router {
             }
         };
         let is_video = track.kind == MediaKind::Video;
+        if let (Some(level), Some(p)) = (
+            packet.header.ext_vals.audio_level,
+            self.participants.get(&source.publisher),
+        ) {
+            // RFC 6464 levels are -dBov; str0m hands them over negated.
+            let level = level.unsigned_abs().min(127);
+            if let Some(det) = self.speakers.get_mut(&p.room) {
+                det.on_level(source.publisher.0, level, now);
+            }
+        }
         let keyframe = is_video && is_keyframe(params.spec().codec, &packet.payload);
         let h = &packet.header;
         let ext = ExtensionValues {

@@ -9,7 +9,7 @@ use sfu::participant::Role;
 use sfu::router::{SfuEvent, TrackId};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 
 /// Writes one synthetic RTP packet on the publisher's stream for `mid`.
 fn write_packet(net: &mut Net, c: usize, mid: Mid, codec: Codec, seq: u64, ts: u32, payload: &[u8]) {
@@ -19,10 +19,18 @@ fn write_packet(net: &mut Net, c: usize, mid: Mid, codec: Codec, seq: u64, ts: u
     let mut api = rtc.direct_api();
     let stream = api.stream_tx_by_mid(mid, None).expect("publisher stream");
     let seq: SeqNo = seq.into();
+    // Audio carries a loud RFC 6464 level, so the publisher becomes the
+    // active speaker.
+    let ext = ExtensionValues {
+        audio_level: (codec == Codec::Opus).then_some(-10),
+        voice_activity: (codec == Codec::Opus).then_some(true),
+        ..Default::default()
+    };
     stream.write_rtp(
         RtpWrite::new(pt, seq, ts, now, payload.to_vec())
             .marker(true)
-            .nackable(true),
+            .nackable(true)
+            .ext_vals(ext),
     );
 }
 
