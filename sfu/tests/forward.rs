@@ -173,6 +173,12 @@ fn publish_and_subscribe_audio_and_video() {
         .events
         .iter()
         .any(|e| matches!(e, SfuEvent::TrackMediaStarted { track } if *track == video)));
+    let speakers = net.events.iter().rev().find_map(|e| match e {
+        SfuEvent::Speakers { room, speakers } if room == "room" => Some(speakers.clone()),
+        _ => None,
+    });
+    let top = speakers.and_then(|s| s.first().map(|(p, _)| *p));
+    assert_eq!(top, Some(alice), "alice is the active speaker");
 }
 
 /// Drops every 20th RTP datagram (5 %), leaving ICE, DTLS and RTCP alone so
