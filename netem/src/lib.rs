@@ -36,5 +36,8 @@
 pub mod engine;
 pub mod packet;
 pub mod pool;
+pub mod profile;
 pub mod router;
+pub mod scenario;
+pub mod spec;
 pub mod topology;

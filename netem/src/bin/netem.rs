@@ -1,2 +1,305 @@
-//! CLI, filled in by a later step.
-fn main() {}
+//! `netem`: the impairment rig from the command line.
+//!
+//! - `netem up --clients N [--profile NAME]`: server + N client namespaces,
+//!   router in the foreground until Ctrl-C, then teardown and counters.
+//! - `netem run SCENARIO.toml`: topology and links from the file, each
+//!   node's `command` run inside its namespace, stopped after `duration_s`.
+//! - `netem down [--all]`: remove namespaces left by runs that were killed.
+//! - `netem profiles`: the named profiles and their parameters.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use netem::profile;
+use netem::router::{LinkConfig, Report, Router};
+use netem::scenario::Scenario;
+use netem::spec::{build_link, LinkSpec};
+use netem::topology::{self, signals, Topology};
+
+#[derive(Parser)]
+#[command(
+    name = "netem",
+    about = "Network impairment rig: namespaces joined by a user-space impairment router"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a server and N client namespaces and forward until Ctrl-C.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        clients: usize,
+        /// Profile applied to every client's link (see `netem profiles`).
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run a scenario file.
+    Run { scenario: String },
+    /// Remove leftover rig namespaces of runs that are no longer alive.
+    Down {
+        /// Also remove namespaces of runs still alive.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the named link profiles.
+    Profiles,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Up { clients, profile, seed } => up(clients, profile.as_deref(), seed),
+        Cmd::Run { scenario } => run(&scenario),
+        Cmd::Down { all } => down(all),
+        Cmd::Profiles => {
+            profiles();
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netem: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error>;
+
+fn up(clients: usize, profile_name: Option<&str>, seed: u64) -> Result<(), AnyError> {
+    topology::preflight()?;
+    let client_link = match profile_name {
+        None => LinkConfig::default(),
+        Some(name) => {
+            let p = profile::named(name).ok_or_else(|| format!("unknown profile {name:?} (see `netem profiles`)"))?;
+            let (up, up_schedule) = build_link(&p.up, &[])?;
+            let (down, down_schedule) = build_link(&p.down, &[])?;
+            LinkConfig {
+                up,
+                up_schedule,
+                down,
+                down_schedule,
+            }
+        }
+    };
+    let names: Vec<String> = std::iter::once("server".to_string())
+        .chain((1..=clients).map(|i| format!("c{i}")))
+        .collect();
+    let stop = signals::install();
+    let (topo, tuns) = Topology::build(&names)?;
+    let configs = (0..names.len())
+        .map(|i| {
+            if i == 0 {
+                LinkConfig::default()
+            } else {
+                client_link.clone()
+            }
+        })
+        .collect();
+    let mut router = Router::new(&topo, tuns, configs, seed)?;
+    println!("{:<8} {:<40} address", "node", "namespace");
+    for n in topo.nodes() {
+        println!("{:<8} {:<40} {}", n.name, n.netns, n.addr);
+    }
+    if let Some(c1) = topo.nodes().get(1) {
+        println!("\ntry: ip netns exec {} ping {}", c1.netns, topo.nodes()[0].addr);
+    }
+    println!("forwarding; Ctrl-C to stop and tear down");
+    router.run(stop)?;
+    print_report(&router.report());
+    Ok(())
+}
+
+fn run(path: &str) -> Result<(), AnyError> {
+    topology::preflight()?;
+    let scenario = Scenario::load(path)?;
+    let configs = scenario.link_configs()?;
+    let nodes = scenario.nodes();
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let stop = signals::install();
+    let (topo, tuns) = Topology::build(&names)?;
+    let mut router = Router::new(&topo, tuns, configs, scenario.seed)?;
+    let router_stop = AtomicBool::new(false);
+    let server_addr = topo.nodes()[0].addr;
+
+    let report = std::thread::scope(|s| -> Result<Report, AnyError> {
+        let forwarding = s.spawn(|| {
+            let r = router.run(&router_stop);
+            (r, router.report())
+        });
+        let mut children: Vec<(String, Child)> = Vec::new();
+        let mut spawn_error = None;
+        for (spec, node) in nodes.iter().zip(topo.nodes()) {
+            let Some(cmd) = &spec.command else { continue };
+            // `ip netns exec` runs the command in the node's namespace; its
+            // own process group lets us stop everything it starts.
+            let child = Command::new("ip")
+                .args(["netns", "exec", &node.netns, "sh", "-c", cmd])
+                .env("NETEM_NODE", &node.name)
+                .env("NETEM_ADDR", node.addr.to_string())
+                .env("NETEM_SERVER_ADDR", server_addr.to_string())
+                .env("NETEM_PUBLISH", spec.publish.join(","))
+                .env("NETEM_SUBSCRIBE", spec.subscribe.join(","))
+                .process_group(0)
+                .spawn();
+            match child {
+                Ok(c) => children.push((node.name.clone(), c)),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let started = Instant::now();
+        let clients_with_commands = nodes[1..].iter().filter(|n| n.command.is_some()).count();
+        println!(
+            "running {:?} for {} s",
+            scenario.name.as_deref().unwrap_or(path),
+            scenario.duration_s
+        );
+        while spawn_error.is_none() && !stop.load(Ordering::Relaxed) && started.elapsed() < scenario.duration() {
+            // Done early when every client command has exited.
+            let mut exited = 0;
+            for (name, child) in children.iter_mut() {
+                if name != "server" && matches!(child.try_wait(), Ok(Some(_))) {
+                    exited += 1;
+                }
+            }
+            if clients_with_commands > 0 && exited == clients_with_commands {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (name, child) in &mut children {
+            stop_child(name, child);
+        }
+        router_stop.store(true, Ordering::SeqCst);
+        let (result, report) = forwarding.join().map_err(|_| "router thread panicked")?;
+        result?;
+        if let Some(e) = spawn_error {
+            return Err(format!("starting a node command: {e}").into());
+        }
+        Ok(report)
+    })?;
+    print_report(&report);
+    if !scenario.expect.is_empty() {
+        println!(
+            "{} expectation(s) listed; evaluating them needs the scenario runner (not built yet)",
+            scenario.expect.len()
+        );
+    }
+    Ok(())
+}
+
+/// SIGTERM to the child's process group (ours: created at spawn), then
+/// SIGKILL if it has not exited within two seconds.
+fn stop_child(name: &str, child: &mut Child) {
+    if let Ok(Some(status)) = child.try_wait() {
+        println!("{name}: exited with {status}");
+        return;
+    }
+    let pgid = child.id() as i32;
+    // SAFETY: signalling the process group we created for this child.
+    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            println!("{name}: stopped ({status})");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let _ = child.wait();
+    println!("{name}: killed");
+}
+
+fn down(all: bool) -> Result<(), AnyError> {
+    let sweep = topology::sweep(all)?;
+    for n in &sweep.removed {
+        println!("removed {n}");
+    }
+    for n in &sweep.kept_live {
+        println!("kept {n} (its run is still alive; --all removes it)");
+    }
+    for (n, e) in &sweep.failed {
+        eprintln!("could not remove {n}: {e}");
+    }
+    if sweep.removed.is_empty() && sweep.kept_live.is_empty() && sweep.failed.is_empty() {
+        println!("no leftovers");
+    }
+    if sweep.failed.is_empty() {
+        Ok(())
+    } else {
+        Err("some namespaces could not be removed".into())
+    }
+}
+
+fn fmt_spec(s: &LinkSpec) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = s.rate_kbps {
+        parts.push(format!("rate {v} kbit/s"));
+    }
+    if let Some(v) = s.delay_ms {
+        parts.push(format!("delay {v} ms"));
+    }
+    if let Some(v) = s.jitter_ms {
+        parts.push(format!("jitter ±{v} ms"));
+    }
+    if let Some(v) = s.loss_pct {
+        parts.push(format!("loss {v}%"));
+    }
+    if let Some(g) = s.gilbert_elliott {
+        parts.push(format!("bursts p={} r={}", g.p, g.r));
+    }
+    if let Some(v) = s.queue_ms {
+        parts.push(format!("queue {v} ms"));
+    }
+    parts.join(", ")
+}
+
+fn profiles() {
+    for p in profile::all() {
+        println!("{:<10} {}", p.name, p.description);
+        println!("{:<10}   up:   {}", "", fmt_spec(&p.up));
+        println!("{:<10}   down: {}", "", fmt_spec(&p.down));
+    }
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "\n{:<8} {:<4} {:>9} {:>9} {:>11} {:>8} {:>8} {:>8} {:>6}",
+        "node", "dir", "pkts in", "pkts out", "bytes out", "loss", "queue", "blocked", "dups"
+    );
+    for p in &r.ports {
+        for (dir, s) in [("up", &p.up), ("down", &p.down)] {
+            println!(
+                "{:<8} {:<4} {:>9} {:>9} {:>11} {:>8} {:>8} {:>8} {:>6}",
+                p.name,
+                dir,
+                s.packets_in,
+                s.packets_out,
+                s.bytes_out,
+                s.dropped_loss,
+                s.dropped_queue,
+                s.dropped_blocked,
+                s.duplicated
+            );
+        }
+    }
+    let x = r.router;
+    println!(
+        "router: {} malformed, {} unroutable, {} pool exhausted, {} read errors, {} write errors",
+        x.malformed, x.unroutable, x.pool_exhausted, x.read_errors, x.write_errors
+    );
+}

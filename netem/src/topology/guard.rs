@@ -68,7 +68,7 @@ pub struct Sweep {
 pub fn sweep(all: bool) -> Result<Sweep, super::TopologyError> {
     let mut sweep = Sweep::default();
     for name in netns::list()?.into_iter().filter(|n| n.starts_with(PREFIX)) {
-        let alive = creator_pid(&name).is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let alive = creator_pid(&name).is_some_and(process_alive);
         if alive && !all {
             sweep.kept_live.push(name);
             continue;
@@ -83,4 +83,16 @@ pub fn sweep(all: bool) -> Result<Sweep, super::TopologyError> {
         }
     }
     Ok(sweep)
+}
+
+/// A killed run can linger as a zombie until its parent reaps it; that
+/// counts as dead. The state is the field after the parenthesised command.
+fn process_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z') | Some('X'))
 }

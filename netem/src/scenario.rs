@@ -1,0 +1,239 @@
+//! Scenario files (TOML): who takes part, over which links, for how long.
+//!
+//! ```toml
+//! name = "downlink drop"
+//! duration_s = 40
+//! seed = 7
+//!
+//! [server]
+//! command = "my-server --listen 0.0.0.0:8443"   # run inside the server namespace
+//!
+//! [[clients]]
+//! name = "alice"
+//! profile = "4g"                 # starting point, see `netem profiles`
+//! publish = ["audio", "video"]
+//! subscribe = ["bob"]
+//! command = "my-client --server $NETEM_SERVER_ADDR"
+//! down = { jitter_ms = 5 }       # override on top of the profile
+//!
+//! [[clients.schedule]]           # changes over time, per direction
+//! at_s = 10
+//! down = { rate_kbps = 500 }
+//! [[clients.schedule]]
+//! at_s = 30
+//! down = { rate_kbps = 3000 }
+//! ```
+//!
+//! `publish`, `subscribe` and `[[expect]]` tables are parsed and kept for
+//! the browser scenarios; this crate does not act on them yet.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::profile;
+use crate::router::LinkConfig;
+use crate::spec::{build_link, LinkSpec, SpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing scenario: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("{node}: {source}")]
+    Spec {
+        node: String,
+        #[source]
+        source: SpecError,
+    },
+    #[error("a scenario needs at least one client and a positive duration")]
+    Empty,
+    #[error("\"server\" is reserved for the server node")]
+    ReservedName,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub at_s: f64,
+    pub up: Option<LinkSpec>,
+    pub down: Option<LinkSpec>,
+    /// Applied to both directions (before `up`/`down` of the same step).
+    pub both: Option<LinkSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    #[serde(default)]
+    pub name: String,
+    pub profile: Option<String>,
+    pub command: Option<String>,
+    pub up: Option<LinkSpec>,
+    pub down: Option<LinkSpec>,
+    #[serde(default)]
+    pub schedule: Vec<Step>,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: Option<String>,
+    pub duration_s: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub server: NodeSpec,
+    pub clients: Vec<NodeSpec>,
+    /// Expectations, checked by the scenario runner that comes with the SFU.
+    #[serde(default)]
+    pub expect: Vec<toml::Table>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+impl Scenario {
+    pub fn load(path: &str) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        let mut s: Scenario = toml::from_str(text)?;
+        if s.clients.is_empty() || !s.duration_s.is_finite() || s.duration_s <= 0.0 {
+            return Err(ScenarioError::Empty);
+        }
+        if s.clients.iter().any(|c| c.name == "server") {
+            return Err(ScenarioError::ReservedName);
+        }
+        s.server.name = "server".into();
+        Ok(s)
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration_s)
+    }
+
+    /// Server first, then clients: the node order of the topology.
+    pub fn nodes(&self) -> Vec<&NodeSpec> {
+        std::iter::once(&self.server).chain(&self.clients).collect()
+    }
+
+    pub fn link_configs(&self) -> Result<Vec<LinkConfig>, ScenarioError> {
+        self.nodes()
+            .into_iter()
+            .map(|n| {
+                n.link_config().map_err(|source| ScenarioError::Spec {
+                    node: n.name.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+impl NodeSpec {
+    /// Profile, then the node's own overrides, then its schedule.
+    pub fn link_config(&self) -> Result<LinkConfig, SpecError> {
+        let (mut up, mut down) = (LinkSpec::default(), LinkSpec::default());
+        if let Some(name) = &self.profile {
+            let p = profile::named(name).ok_or_else(|| SpecError::UnknownProfile(name.clone()))?;
+            (up, down) = (p.up, p.down);
+        }
+        if let Some(o) = &self.up {
+            up = o.over(&up);
+        }
+        if let Some(o) = &self.down {
+            down = o.over(&down);
+        }
+        let mut up_steps = Vec::new();
+        let mut down_steps = Vec::new();
+        for step in &self.schedule {
+            if !step.at_s.is_finite() || step.at_s < 0.0 {
+                return Err(SpecError::OutOfRange {
+                    field: "at_s",
+                    value: step.at_s,
+                    min: 0.0,
+                    max: f64::MAX,
+                });
+            }
+            let at = Duration::from_secs_f64(step.at_s);
+            let both = step.both.clone().unwrap_or_default();
+            up_steps.push((at, step.up.clone().unwrap_or_default().over(&both)));
+            down_steps.push((at, step.down.clone().unwrap_or_default().over(&both)));
+        }
+        let (up, up_schedule) = build_link(&up, &up_steps)?;
+        let (down, down_schedule) = build_link(&down, &down_steps)?;
+        Ok(LinkConfig {
+            up,
+            up_schedule,
+            down,
+            down_schedule,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        duration_s = 40
+        seed = 7
+        [[clients]]
+        name = "alice"
+        profile = "4g"
+        publish = ["audio", "video"]
+        down = { jitter_ms = 5 }
+        [[clients.schedule]]
+        at_s = 10
+        down = { rate_kbps = 500 }
+        [[clients.schedule]]
+        at_s = 30
+        down = { rate_kbps = 3000 }
+        [[clients]]
+        name = "bob"
+        [[expect]]
+        kind = "later"
+    "#;
+
+    #[test]
+    fn parses_and_builds_links() {
+        let s = Scenario::parse(EXAMPLE).expect("valid scenario");
+        assert_eq!(s.nodes().len(), 3);
+        assert_eq!(s.nodes()[0].name, "server");
+        let cfg = s.link_configs().expect("valid links");
+        let alice = &cfg[1];
+        assert_eq!(alice.down.rate_bps, Some(20_000_000));
+        assert_eq!(alice.down.jitter, Duration::from_millis(5));
+        assert_eq!(alice.down_schedule.steps().len(), 2);
+        assert_eq!(alice.down_schedule.steps()[0].1.rate_bps, Some(Some(500_000)));
+        assert_eq!(cfg[2].down, Default::default());
+    }
+
+    #[test]
+    fn rejects_mistakes() {
+        assert!(Scenario::parse("duration_s = 1\nclients = []").is_err());
+        assert!(
+            Scenario::parse("duration_s = 1\n[[clients]]\nname = \"a\"\nprofile = \"5g\"")
+                .expect("parses")
+                .link_configs()
+                .is_err()
+        );
+        assert!(Scenario::parse("duration_s = 1\n[[clients]]\nname = \"a\"\nbogus = 1").is_err());
+    }
+}
