@@ -20,7 +20,8 @@
 //!   SIGTERM; `netem down` sweeps leftovers). It never touches the host's
 //!   interfaces, addresses or routes.
 //! - [`router`] is the I/O shell: one thread, epoll over the TUN fds, a
-//!   preallocated packet pool, and one `Link` pair per namespace.
+//!   preallocated packet pool ([`pool`]), an IP header peek ([`packet`]),
+//!   and one `Link` pair per namespace.
 //! - [`spec`] holds the human-facing parameter format (TOML units),
 //!   [`profile`] the named profiles and [`scenario`] the scenario files.
 //!
