@@ -211,6 +211,29 @@ impl Sfu {
         .await
     }
 
+    /// Withdraws a published track: forwarding stops and every subscriber
+    /// gets a [`SfuEvent::Offer`] with its m-line stopped.
+    pub async fn unpublish(&self, publisher: ParticipantId, track: TrackId) -> Result<(), Error> {
+        self.call(publisher, |reply| Command::Unpublish {
+            publisher,
+            track,
+            reply,
+        })
+        .await
+    }
+
+    /// Mutes or unmutes a published track (unmuting video asks the
+    /// publisher for a keyframe).
+    pub async fn set_muted(&self, publisher: ParticipantId, track: TrackId, muted: bool) -> Result<(), Error> {
+        self.call(publisher, |reply| Command::Mute {
+            publisher,
+            track,
+            muted,
+            reply,
+        })
+        .await
+    }
+
     /// Tears the participant down; fire and forget.
     pub fn remove_participant(&self, id: ParticipantId) {
         if let Ok(q) = self.shard_of(id) {

@@ -147,6 +147,9 @@ struct Track {
     params: Vec<(Pt, PayloadParams)>,
     last_keyframe_request: Vec<(Option<Rid>, Instant)>,
     started: bool,
+    /// Muted by its publisher: nothing is forwarded and the allocator
+    /// reserves nothing for it.
+    muted: bool,
     /// Bytes per layer in the current window, and the last window's rates
     /// (what the allocator weighs layers by).
     layer_bytes: [u64; MAX_LAYERS],
@@ -495,23 +498,107 @@ impl Router {
         let gone: Vec<TrackId> = self.tracks.keys().filter(|t| t.publisher == id).copied().collect();
         let mut touched = Vec::new();
         for t in gone {
-            if let Some(track) = self.tracks.remove(&t) {
-                for (sub, mid) in track.subscribers {
-                    if let Some(sp) = self.participants.get_mut(&sub) {
-                        sp.downs.remove(&mid);
-                        sp.pending_stops.push(mid);
-                        touched.push(sub);
-                    }
-                }
-            }
+            self.drop_track(t, &mut touched);
         }
         for p in self.participants.values_mut() {
             p.pending_adds.retain(|t| t.publisher != id);
         }
+        touched.sort_unstable();
         touched.dedup();
         for sub in touched {
             let _ = self.negotiate(now, sub);
         }
+    }
+
+    /// Forgets a published track: its down-tracks go at once (so not one
+    /// more packet is written to them) and their m-lines are stopped in each
+    /// subscriber's next offer. Subscribers with a stop queued are added to
+    /// `touched`.
+    fn drop_track(&mut self, track: TrackId, touched: &mut Vec<ParticipantId>) {
+        let Some(t) = self.tracks.remove(&track) else {
+            return;
+        };
+        for (sub, mid) in t.subscribers {
+            if let Some(sp) = self.participants.get_mut(&sub) {
+                sp.downs.remove(&mid);
+                sp.pending_stops.push(mid);
+                touched.push(sub);
+            }
+        }
+        for p in self.participants.values_mut() {
+            p.pending_adds.retain(|a| *a != track);
+        }
+    }
+
+    /// The publisher withdraws `track`: forwarding stops now and every
+    /// subscriber is offered the m-line stopped (port 0), so the client's
+    /// transceiver ends. `publisher` must own the track: a participant
+    /// cannot withdraw someone else's.
+    pub fn unpublish(&mut self, now: Instant, publisher: ParticipantId, track: TrackId) -> Result<(), Error> {
+        if track.publisher != publisher || !self.tracks.contains_key(&track) {
+            return Err(Error::Unknown);
+        }
+        let mut touched = Vec::new();
+        self.drop_track(track, &mut touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for sub in touched {
+            self.negotiate(now, sub)?;
+        }
+        Ok(())
+    }
+
+    /// Mutes or unmutes a published track. While muted nothing of it is
+    /// forwarded (whatever the publisher still sends: browsers keep sending
+    /// black frames or silence) and the allocator gives its bandwidth to
+    /// other tracks. On unmute each down-track starts a new segment, so the
+    /// receiver sees no sequence gap, and a video track asks its publisher
+    /// for a keyframe of every layer being watched, since no subscriber can
+    /// decode before one.
+    pub fn set_muted(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantId,
+        track: TrackId,
+        muted: bool,
+    ) -> Result<(), Error> {
+        if track.publisher != publisher {
+            return Err(Error::Unknown);
+        }
+        let t = self.tracks.get_mut(&track).ok_or(Error::Unknown)?;
+        if t.muted == muted {
+            return Ok(());
+        }
+        t.muted = muted;
+        let mut wanted: Vec<Option<Rid>> = Vec::new();
+        let mut subscribers = Vec::with_capacity(t.subscribers.len());
+        for &(sub, mid) in &t.subscribers {
+            let Some(d) = self.participants.get_mut(&sub).and_then(|p| p.downs.get_mut(&mid)) else {
+                continue;
+            };
+            subscribers.push(sub);
+            if muted || d.paused || d.bw_paused {
+                continue;
+            }
+            d.dt.resume();
+            if !wanted.contains(&d.target) {
+                wanted.push(d.target);
+            }
+        }
+        for rid in wanted {
+            self.request_keyframe(now, track, rid, KeyframeRequestKind::Pli);
+        }
+        // The track's share of each subscriber's estimate changes.
+        for sub in subscribers {
+            if let Some(b) = self
+                .participants
+                .get(&sub)
+                .and_then(|p| p.estimate_override.or(p.estimate))
+            {
+                self.on_estimate(now, sub, b);
+            }
+        }
+        Ok(())
     }
 
     /// Sends a subscriber offer with the pending changes, unless one is
@@ -704,6 +791,7 @@ impl Router {
                     params: Vec::new(),
                     last_keyframe_request: Vec::new(),
                     started: false,
+                    muted: false,
                     layer_bytes: [0; MAX_LAYERS],
                     layer_bps: [None; MAX_LAYERS],
                     window_start: None,
@@ -877,7 +965,7 @@ impl Router {
                 priority: 0,
                 layers,
                 max_layer,
-                paused: d.paused,
+                paused: d.paused || t.muted,
                 current,
             });
         }
@@ -938,6 +1026,9 @@ impl Router {
         if !track.started {
             track.started = true;
             self.events.push_back(SfuEvent::TrackMediaStarted { track: source });
+        }
+        if track.muted {
+            return;
         }
         let layer = layer_of(&track.rids, rid);
         // Layer bitrates over fixed windows of arrival time.

@@ -74,6 +74,17 @@ pub enum Command {
         rid: Option<Rid>,
         reply: Reply<()>,
     },
+    Unpublish {
+        publisher: ParticipantId,
+        track: TrackId,
+        reply: Reply<()>,
+    },
+    Mute {
+        publisher: ParticipantId,
+        track: TrackId,
+        muted: bool,
+        reply: Reply<()>,
+    },
     Remove {
         id: ParticipantId,
     },
@@ -223,6 +234,21 @@ fn handle_command(router: &mut Router, now: Instant, cmd: Command, tx: &mut dyn 
             reply,
         } => {
             let _ = reply.send(router.set_track_settings(now, subscriber, track, paused, rid));
+        }
+        Command::Unpublish {
+            publisher,
+            track,
+            reply,
+        } => {
+            let _ = reply.send(router.unpublish(now, publisher, track));
+        }
+        Command::Mute {
+            publisher,
+            track,
+            muted,
+            reply,
+        } => {
+            let _ = reply.send(router.set_muted(now, publisher, track, muted));
         }
         Command::Remove { id } => router.remove_participant(now, id),
         Command::Foreign { remote, local, data } => {

@@ -282,3 +282,40 @@ impl Net {
             .any(|e| matches!(e, SfuEvent::Connected { participant, role: r } if *participant == pid && *r == role))
     }
 }
+
+/// Writes one synthetic RTP packet on client `c`'s send stream for `mid`
+/// (single stream), with the first `codec` payload type it negotiated.
+pub fn write_rtp(
+    net: &mut Net,
+    c: usize,
+    mid: str0m::media::Mid,
+    codec: str0m::format::Codec,
+    seq: u64,
+    ts: u32,
+    payload: &[u8],
+) {
+    let now = net.now;
+    let rtc = &mut net.clients[c].rtc;
+    let pt = rtc.codec_config().find(|p| p.spec().codec == codec).unwrap().pt();
+    let mut api = rtc.direct_api();
+    let stream = api.stream_tx_by_mid(mid, None).expect("publisher stream");
+    stream.write_rtp(
+        str0m::rtp::RtpWrite::new(pt, seq.into(), ts, now, payload.to_vec())
+            .marker(true)
+            .nackable(true),
+    );
+}
+
+/// The mid under which client `c` receives `track` (the SFU names the
+/// m-line's msid track after the `TrackId`).
+pub fn sub_mid(net: &Net, c: usize, track: sfu::router::TrackId) -> Option<str0m::media::Mid> {
+    let want = track.to_string();
+    net.clients[c].events.iter().find_map(|e| match e {
+        Event::MediaAdded(m) => net.clients[c]
+            .rtc
+            .media(m.mid)
+            .filter(|media| media.track_id() == want)
+            .map(|_| m.mid),
+        _ => None,
+    })
+}
