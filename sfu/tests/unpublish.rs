@@ -242,3 +242,40 @@ fn muted_audio_resumes_without_a_gap() {
     assert!(after.len() >= before.len() + 20);
     assert_eq!(after[before.len()].0, before.last().unwrap().0 + 1);
 }
+
+#[test]
+fn never_subscribed_receives_nothing() {
+    let mut r = Room::new();
+    r.send_for(1000);
+    // Carol subscribed to the audio only: she has no m-line for the video
+    // and not one video packet reached her, while bob's flowed.
+    assert!(sub_mid(&r.net, r.c, r.video).is_none());
+    assert!(sub_mid(&r.net, r.c, r.audio).is_some());
+    assert_eq!(r.got(r.c, VIDEO).len(), 0);
+    assert!(r.got(r.c, AUDIO).len() >= 80);
+    assert!(r.got(r.b, VIDEO).len() >= 80);
+}
+
+#[test]
+fn unsubscribe_stops_the_packets_at_once() {
+    let mut r = Room::new();
+    let now = r.net.now;
+    r.net.sfu.unsubscribe(now, r.bob, r.video).unwrap();
+    // Not even before bob answers the offer that stops the m-line: the
+    // down-track is gone the moment the subscription is.
+    let video = r.got(r.b, VIDEO).len();
+    let audio = r.got(r.b, AUDIO).len();
+    r.send_for(500);
+    assert_eq!(r.got(r.b, VIDEO).len(), video, "nothing after unsubscribe");
+    let (b, bob) = (r.b, r.bob);
+    assert_eq!(r.net.answer_offers(b, bob), 1);
+    r.send_for(500);
+    assert_eq!(r.got(r.b, VIDEO).len(), video, "nothing after renegotiation");
+    assert!(r.got(r.b, AUDIO).len() >= audio + 40, "the other subscription goes on");
+    // Subscribing again works: a fresh m-line and a keyframe.
+    let now = r.net.now;
+    r.net.sfu.subscribe(now, r.bob, r.video).unwrap();
+    assert_eq!(r.net.answer_offers(b, bob), 1);
+    r.send_for(1000);
+    assert!(r.got(r.b, VIDEO).len() >= video + 30, "resubscribed");
+}
