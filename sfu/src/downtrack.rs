@@ -28,19 +28,20 @@
 //! (a few ms), which receivers absorb in their jitter buffer; the output is
 //! always advanced by at least one tick so timestamps never go backwards.
 //!
-//! # NACKs
-//! Every forwarded packet is recorded in a fixed ring indexed by the extended
-//! output sequence number, so a NACKed output number maps back to the
-//! `(source, seq)` to fetch from that source's packet cache and the output
-//! timestamp to send it with.
+//! # Duplicates and NACKs
+//! Every forwarded packet's extended output number is recorded in a fixed
+//! ring, so a packet that arrives twice (a publisher retransmission of one
+//! already received, a duplicate on the path) is sent once. NACKs from the
+//! subscriber need nothing here: str0m answers them from the send stream's
+//! own RTX cache of what was written (see the crate documentation).
 //!
 //! Nothing here allocates after [`DownTrack::new`].
 
 use std::time::Instant;
 
-/// How many forwarded packets can be mapped back for NACKs (about 1 s of
-/// 4 Mbit/s video; NACKs older than that are answered with a keyframe anyway).
-pub const NACK_HISTORY: usize = 512;
+/// How many forwarded packets are remembered to suppress duplicates (about
+/// 1 s of 4 Mbit/s video; a duplicate later than that is vanishingly rare).
+pub const SENT_HISTORY: usize = 512;
 
 /// How many runs of dropped packets are remembered to map reordered packets.
 const DROP_RUNS: usize = 32;
@@ -76,18 +77,6 @@ pub struct Rewritten {
     pub seq: u16,
     pub ts: u32,
     pub marker: bool,
-}
-
-/// Where a NACKed output packet came from, and how to resend it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NackTarget {
-    /// Source stream whose packet cache holds the packet.
-    pub source: SourceId,
-    /// Sequence number in the source stream.
-    pub seq: u16,
-    /// Sequence number and timestamp to resend it with.
-    pub out_seq: u16,
-    pub out_ts: u32,
 }
 
 /// Unwraps a 16-bit sequence number to the extended number closest to
@@ -205,15 +194,6 @@ struct LastOut {
     arrival: Instant,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct NackEntry {
-    /// 0 means empty: real extended numbers are at least [`EXT_BASE`].
-    out_ext: u64,
-    out_ts: u32,
-    in_seq: u16,
-    source: u8,
-}
-
 /// Rewrites one subscription's packets into a continuous outgoing stream.
 ///
 /// Glue with [`crate::simulcast::LayerSelector`]: on `Decision::SwitchedTo`
@@ -230,7 +210,9 @@ pub struct DownTrack {
     resync: bool,
     segment: Option<Segment>,
     last_out: Option<LastOut>,
-    nacks: Box<[NackEntry; NACK_HISTORY]>,
+    /// Extended output numbers sent, by number modulo the ring size; 0 is
+    /// empty (real numbers are at least [`EXT_BASE`]).
+    sent: Box<[u64; SENT_HISTORY]>,
 }
 
 impl DownTrack {
@@ -244,7 +226,7 @@ impl DownTrack {
             resync: true,
             segment: None,
             last_out: None,
-            nacks: Box::new([NackEntry::default(); NACK_HISTORY]),
+            sent: Box::new([0; SENT_HISTORY]),
         }
     }
 
@@ -316,19 +298,13 @@ impl DownTrack {
         };
         let out_ext = in_ext.wrapping_add(seg.seq_offset).wrapping_sub(dropped_before);
         let out_ts = pkt.ts.wrapping_add(seg.ts_offset);
-        let source = seg.source;
 
-        let entry = &mut self.nacks[(out_ext % NACK_HISTORY as u64) as usize];
-        if entry.out_ext == out_ext {
+        let slot = &mut self.sent[(out_ext % SENT_HISTORY as u64) as usize];
+        if *slot == out_ext {
             // Already sent (publisher retransmission or duplicate).
             return None;
         }
-        *entry = NackEntry {
-            out_ext,
-            out_ts,
-            in_seq: pkt.seq,
-            source: source.0,
-        };
+        *slot = out_ext;
         if self.last_out.is_none_or(|l| out_ext > l.ext) {
             self.last_out = Some(LastOut {
                 ext: out_ext,
@@ -359,22 +335,6 @@ impl DownTrack {
             }
         };
         self.segment = Some(Segment::new(pkt.source, first_in, seq_offset, ts_offset));
-    }
-
-    /// Maps a NACKed output sequence number back to the packet to resend.
-    pub fn nack_lookup(&self, out_seq: u16) -> Option<NackTarget> {
-        let last = self.last_out?;
-        let out_ext = extend_seq(last.ext, out_seq);
-        if out_ext > last.ext || last.ext - out_ext >= NACK_HISTORY as u64 {
-            return None;
-        }
-        let entry = &self.nacks[(out_ext % NACK_HISTORY as u64) as usize];
-        (entry.out_ext == out_ext).then_some(NackTarget {
-            source: SourceId(entry.source),
-            seq: entry.in_seq,
-            out_seq,
-            out_ts: entry.out_ts,
-        })
     }
 }
 
@@ -569,40 +529,17 @@ mod tests {
     }
 
     #[test]
-    fn nack_maps_back_to_source() {
+    fn duplicates_are_sent_once() {
         let t0 = Instant::now();
         let mut dt = DownTrack::new(1, 90_000);
-        dt.forward(&key(L0, 65535, 500, t0));
-        dt.resume();
-        dt.forward(&key(L1, 300, 20, t0 + Duration::from_millis(10)));
-        let a = dt.nack_lookup(65535);
-        assert_eq!(
-            a,
-            Some(NackTarget {
-                source: L0,
-                seq: 65535,
-                out_seq: 65535,
-                out_ts: 500
-            })
-        );
-        let b = dt.nack_lookup(0);
-        assert_eq!(
-            b,
-            Some(NackTarget {
-                source: L1,
-                seq: 300,
-                out_seq: 0,
-                out_ts: 500 + 900
-            })
-        );
-        // Never sent, or too far in the past.
-        assert_eq!(dt.nack_lookup(1), None);
-        for seq in 301..(301 + NACK_HISTORY as u16) {
-            dt.forward(&pkt(L1, seq, 20, t0));
-        }
-        assert_eq!(dt.nack_lookup(65535), None);
-        assert!(dt.nack_lookup(1).is_some());
-        assert!(dt.nack_lookup(NACK_HISTORY as u16).is_some());
+        assert_eq!(seq_of(&mut dt, key(L0, 100, 0, t0)), Some(100));
+        assert_eq!(seq_of(&mut dt, pkt(L0, 101, 0, t0)), Some(101));
+        assert_eq!(seq_of(&mut dt, pkt(L0, 101, 0, t0)), None);
+        assert_eq!(seq_of(&mut dt, pkt(L0, 100, 0, t0)), None);
+        // A gap filled late is still sent, once.
+        assert_eq!(seq_of(&mut dt, pkt(L0, 103, 0, t0)), Some(103));
+        assert_eq!(seq_of(&mut dt, pkt(L0, 102, 0, t0)), Some(102));
+        assert_eq!(seq_of(&mut dt, pkt(L0, 102, 0, t0)), None);
     }
 
     mod props {
