@@ -896,3 +896,27 @@ fn idle_allocation_memory() {
         (after - before) as f64 / n as f64
     );
 }
+
+/// SO_REUSEPORT would let a second relay on the same address silently take
+/// part of the clients; it must refuse to start instead.
+#[test]
+fn a_second_relay_on_a_taken_address_refuses_to_start() {
+    let first = start(2);
+    let taken = first.udp[0];
+    let mut server = ServerConfig::for_tests(SECRET);
+    server.port_min = 41000;
+    server.port_max = 41099;
+    let cfg = RelayConfig {
+        server,
+        listen: vec![taken],
+        tls_listen: vec![],
+        tls: None,
+        metrics_listen: None,
+        drain_timeout: Duration::from_secs(1),
+        shards: 2,
+        generated_secret: None,
+    };
+    let err = Running::start(cfg).err().expect("the address is taken");
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.stop().expect("first relay stops");
+}

@@ -440,6 +440,8 @@ fn bind_listeners(cfg: &RelayConfig, shards: usize) -> Result<Bound, IoError> {
     let mut tcp_addrs = Vec::new();
     let mut tls_addrs = Vec::new();
     for &addr in &cfg.listen {
+        ensure_unshared(addr, Type::DGRAM, "udp")?;
+        ensure_unshared(addr, Type::STREAM, "tcp")?;
         let (udp0, tcp0) = bind_pair(addr)?;
         let bound = udp0.local_addr().map_err(|source| IoError::Bind {
             proto: "udp",
@@ -464,6 +466,7 @@ fn bind_listeners(cfg: &RelayConfig, shards: usize) -> Result<Bound, IoError> {
         tcp_addrs.push(bound);
     }
     for &addr in &cfg.tls_listen {
+        ensure_unshared(addr, Type::STREAM, "tls")?;
         let first = bind_tcp(addr).map_err(|source| IoError::Bind {
             proto: "tls",
             addr,
@@ -516,6 +519,29 @@ fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpList
             }
         }
     }
+}
+
+/// SO_REUSEPORT lets every process of the same user join a port's group, so
+/// a forgotten relay on the same address would silently take a share of the
+/// clients. A bind without SO_REUSEPORT fails if anyone holds the address,
+/// which is exactly the check wanted; the probe is closed before the real
+/// sockets bind. Port 0 picks a fresh port and needs no check.
+fn ensure_unshared(addr: SocketAddr, ty: Type, proto: &'static str) -> Result<(), IoError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = || -> std::io::Result<()> {
+        let s = Socket::new(Domain::for_address(addr), ty, None)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        if ty == Type::STREAM {
+            // TIME_WAIT leftovers of an earlier run are not a live owner.
+            s.set_reuse_address(true)?;
+        }
+        s.bind(&addr.into())
+    };
+    probe().map_err(|source| IoError::Bind { proto, addr, source })
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {

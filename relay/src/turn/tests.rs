@@ -891,3 +891,28 @@ fn rate_caps_drop_excess_packets() {
     h.now += Duration::from_secs(1);
     assert!(h.peer_sends(relay, peer(), b"x").is_some(), "refilled after a second");
 }
+
+#[test]
+fn a_nearly_full_port_range_still_finds_its_last_free_port() {
+    let mut h = Harness::new(config(|c| {
+        c.port_min = 40000;
+        c.port_max = 40099;
+    }));
+    // Another process holds every port but one.
+    for port in 40000..=40099u16 {
+        if port != 40077 {
+            h.io.bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), false)
+                .unwrap();
+        }
+    }
+    let (_, relayed) = h.allocate(&tuple(5000), &rest(T0_UNIX + 3600, "alice"));
+    assert_eq!(relayed.port(), 40077);
+    // And a full range is 508, not a hang.
+    let t2 = tuple(5001);
+    let c = rest(T0_UNIX + 3600, "alice");
+    let s = h.challenge(&t2);
+    let reply = h
+        .send(&t2, &request(Method::ALLOCATE, tid(2), Some((&c, &s)), &udp_transport))
+        .unwrap();
+    assert_eq!(error_code(&reply), Some(508));
+}

@@ -220,8 +220,20 @@ impl Server {
     ) -> Result<(Relayed, Option<[u8; 8]>), u16> {
         let ip = self.relay_ip(tuple, family).ok_or(440u16)?;
         let (lo, hi) = (self.cfg.port_min, self.cfg.port_max);
-        for _ in 0..PORT_ATTEMPTS {
-            let mut port = self.rng.random_range(lo..=hi);
+        // Random probes first (unpredictable ports, cheap while the range is
+        // roomy); then one pass over the whole range from a random start, so
+        // a nearly full range still finds its last free ports instead of
+        // answering 508 while ports are free.
+        let span = u32::from(hi - lo) + 1;
+        let start = self.rng.random_range(0..span);
+        let candidates = (0..PORT_ATTEMPTS as u32)
+            .map(|_| None)
+            .chain((0..span).map(|i| Some(lo as u32 + (start + i) % span)));
+        for candidate in candidates {
+            let mut port = match candidate {
+                None => self.rng.random_range(lo..=hi),
+                Some(p) => p as u16,
+            };
             if even_port.is_some() {
                 port &= !1;
                 if port < lo || (even_port == Some(true) && port == u16::MAX) {
