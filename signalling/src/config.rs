@@ -29,7 +29,7 @@ pub const DEFAULT_HTTP_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr:
 /// Default embedded relay listener (UDP and TCP), loopback like HTTP so that
 /// the no-flag server exposes nothing to the network.
 pub const DEFAULT_TURN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 3478);
-/// Default SFU media port (UDP, ICE-multiplexed), reserved for the media plane.
+/// Default SFU media port (UDP, ICE-multiplexed).
 pub const DEFAULT_MEDIA_PORT: u16 = 7882;
 /// Name of the API key generated in development mode.
 pub const DEV_KEY_NAME: &str = "devkey";
@@ -101,9 +101,10 @@ pub struct ServerConfig {
     pub turn_urls_explicit: bool,
     /// TURN REST secrets; the first signs credentials.
     pub turn_secrets: Vec<String>,
-    /// The SFU's UDP port (the media plane is not built yet).
+    /// The SFU's UDP port, bound on the HTTP listener's host (0 = any).
     pub media_port: u16,
-    /// The address advertised in ICE candidates; `None` = the media plane decides.
+    /// The address advertised in ICE candidates; `None` = the bind address
+    /// (which must then be specific).
     pub media_ip: Option<IpAddr>,
     pub webhook_urls: Vec<String>,
     pub log_format: LogFormat,
@@ -301,10 +302,10 @@ struct RunArgs {
     /// TURN URL advertised to clients (repeatable) [default: the embedded relay's].
     #[arg(long, value_name = "URL")]
     turn_url: Vec<String>,
-    /// SFU media port (UDP) [default: 7882].
+    /// SFU media port (UDP), on the --http-listen host; 0 = any free port [default: 7882].
     #[arg(long, value_name = "PORT")]
     media_port: Option<String>,
-    /// Address advertised in the SFU's ICE candidates.
+    /// Address advertised in the SFU's ICE candidates [default: the --http-listen IP, if specific].
     #[arg(long, value_name = "IP")]
     media_ip: Option<String>,
     /// Webhook receiver (repeatable).
@@ -618,15 +619,16 @@ fn build(
         relay_args.push((theirs, values, at));
     }
 
-    // Media (the SFU is not built yet; the values are validated and kept).
+    // Media: the SFU's port and the address its host candidate advertises.
     let media_port = match l.scalar("media-port", args.media_port)? {
+        // 0 lets the OS pick (tests); the bound port is printed at start.
         Some((v, at)) => match v.trim().parse::<u16>() {
-            Ok(p) if p != 0 => p,
+            Ok(p) => p,
             _ => {
                 return Err(ConfigError::Invalid {
                     at,
                     value: v,
-                    expected: "a UDP port from 1 to 65535",
+                    expected: "a UDP port from 0 (any) to 65535",
                 })
             }
         },
@@ -1341,12 +1343,8 @@ mod tests {
             (c.media_port, c.media_ip),
             (50000, Some("203.0.113.5".parse().unwrap()))
         );
-        for (f, v) in [
-            ("media-port", "0"),
-            ("media-port", "70000"),
-            ("media-ip", "0.0.0.0"),
-            ("media-ip", "host"),
-        ] {
+        assert_eq!(serve(&["--media-port=0"]).unwrap().media_port, 0);
+        for (f, v) in [("media-port", "70000"), ("media-ip", "0.0.0.0"), ("media-ip", "host")] {
             let e = serve(&[&format!("--{f}={v}")]).unwrap_err();
             assert!(
                 matches!(&e, ConfigError::Invalid { at, .. } if at.flag == f),

@@ -19,7 +19,8 @@
 //! - [`media`] is the seam to the media plane (the SFU): the room service
 //!   calls [`media::MediaPlane`] after its permission checks, and the media
 //!   plane reports back through a [`media::MediaEvent`] channel.
-//!   [`media::NoMedia`] stands in until the SFU exists.
+//!   [`sfu_media::SfuMedia`] implements it over the in-process SFU;
+//!   [`media::NoMedia`] stands in where no media is wanted (tests).
 //! - [`state::AppState`] bundles the room service, keys, metrics and limits;
 //!   [`api::router`] serves it.
 //!
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod webhooks;
 pub mod store;
 pub mod media;
+pub mod sfu_media;
 pub mod room;
 pub mod ws;
 pub mod api;

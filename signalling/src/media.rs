@@ -131,6 +131,10 @@ pub enum MediaError {
     InvalidSdp(String),
     #[error("unknown participant or track: {0}")]
     Unknown(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("media plane error: {0}")]
+    Failed(String),
 }
 
 /// Implemented by the SFU. Permission checks have already been made when a

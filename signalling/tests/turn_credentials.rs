@@ -46,6 +46,10 @@ fn start_server() -> Server {
             "127.0.0.1:0",
             "--turn-listen",
             "127.0.0.1:0",
+            // The SFU on any free port: the default 7882 may be taken (or
+            // shared, with SO_REUSEPORT) by another test's server.
+            "--media-port",
+            "0",
             "--api-key",
             &format!("{KEY}={SECRET}"),
         ])

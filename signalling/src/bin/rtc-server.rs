@@ -1,7 +1,7 @@
 //! `rtc-server`: the all-in-one server. Parses the configuration, starts the
-//! embedded TURN/STUN relay, then serves the REST API, WebSocket signalling
-//! and `/metrics` over HTTP until SIGTERM or SIGINT (or prints an access
-//! token with `rtc-server token`).
+//! embedded TURN/STUN relay and the SFU (media plane), then serves the REST
+//! API, WebSocket signalling and `/metrics` over HTTP until SIGTERM or SIGINT
+//! (or prints an access token with `rtc-server token`).
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +12,7 @@ use relay::config::LogFormat;
 use relay::io::Running;
 use signalling::config::{self, ConfigError, Invocation, ServerConfig, TokenArgs};
 use signalling::metrics::Metrics;
+use signalling::sfu_media::SfuMedia;
 use signalling::state::{AppState, Settings};
 use signalling::webhooks::Webhooks;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -95,6 +96,8 @@ enum ServeError {
     Webhooks(#[from] signalling::webhooks::WebhookError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("SFU on UDP {addr} (--media-port, --media-ip): {source}")]
+    Media { addr: SocketAddr, source: sfu::Error },
 }
 
 struct Signals {
@@ -136,11 +139,24 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
     let (key, secret) = cfg.primary_key.clone();
     let webhooks = Webhooks::new(cfg.webhook_urls.clone(), key, secret, metrics.clone())?;
 
-    // MEDIA PLANE: the SFU is not built yet. It will bind cfg.media_port
-    // (advertising cfg.media_ip in its ICE candidates), take `media_tx` for
-    // its events, and replace NoMedia below.
-    let (_media_tx, media_rx) = signalling::media::event_channel();
-    let media: Arc<dyn signalling::media::MediaPlane> = Arc::new(signalling::media::NoMedia);
+    // The SFU binds before HTTP for the same reason as the relay. It listens
+    // on the HTTP listener's host, so the development default (loopback)
+    // exposes nothing, and advertises --media-ip or that host.
+    let media_listen = SocketAddr::new(cfg.http_listen.ip(), cfg.media_port);
+    let (sfu, sfu_events) = sfu::Sfu::start(sfu::SfuConfig {
+        listen: media_listen,
+        advertise_ip: cfg.media_ip,
+        shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..sfu::SfuConfig::default()
+    })
+    .map_err(|source| ServeError::Media {
+        addr: media_listen,
+        source,
+    })?;
+    let sfu = Arc::new(sfu);
+    let (media_tx, media_rx) = signalling::media::event_channel();
+    let sfu_media = Arc::new(SfuMedia::new(sfu.clone(), sfu_events, media_tx));
+    let media: Arc<dyn signalling::media::MediaPlane> = sfu_media.clone();
 
     let settings = Settings {
         turn: cfg.turn_config(),
@@ -164,7 +180,12 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
         })?;
     let http_addr = listener.local_addr().map_err(ServeError::Http)?;
 
-    announce(&cfg, http_addr, relay.as_ref().map(|(r, _)| r.as_ref()));
+    announce(
+        &cfg,
+        http_addr,
+        relay.as_ref().map(|(r, _)| r.as_ref()),
+        sfu.local_addr(),
+    );
 
     // The relay's shards publish counters on their own; copy them into the
     // shared registry so one scrape of /metrics has both.
@@ -242,8 +263,23 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
             Err(_) => tracing::warn!("relay still referenced at exit; its threads end with the process"),
         }
     }
+    stop_sfu(&sfu_media, sfu).await;
     tracing::info!("rtc-server stopped");
     result
+}
+
+/// Stops the SFU's shards: the media adapter lets go of its handle first,
+/// then the shard threads are joined off the async workers.
+async fn stop_sfu(adapter: &SfuMedia, sfu: Arc<sfu::Sfu>) {
+    adapter.stop().await;
+    match Arc::try_unwrap(sfu) {
+        Ok(sfu) => {
+            if let Err(e) = tokio::task::spawn_blocking(move || sfu.shutdown()).await {
+                tracing::error!(error = %e, "SFU shutdown panicked");
+            }
+        }
+        Err(_) => tracing::warn!("SFU still referenced at exit; its threads end with the process"),
+    }
 }
 
 /// Waits until the relay has no allocation left, its `--turn-drain-timeout`
@@ -276,7 +312,7 @@ async fn drain_relay(running: &Running, timeout: Duration, signals: &mut Signals
 }
 
 /// Prints every address listened on and, in development mode, how to connect.
-fn announce(cfg: &ServerConfig, http: SocketAddr, relay: Option<&Running>) {
+fn announce(cfg: &ServerConfig, http: SocketAddr, relay: Option<&Running>, media: SocketAddr) {
     println!("listening http {http} (REST /v1, WebSocket /v1/rtc, /metrics)");
     match relay {
         Some(r) => {
@@ -289,10 +325,8 @@ fn announce(cfg: &ServerConfig, http: SocketAddr, relay: Option<&Running>) {
         }
         None => println!("turn: embedded relay disabled (--no-turn)"),
     }
-    println!(
-        "media: port {} reserved for the SFU (not built yet; nothing listens)",
-        cfg.media_port
-    );
+    tracing::info!(%media, "sfu listening");
+    println!("listening media udp {media}");
     for url in &cfg.turn_urls {
         println!("advertised ice server {url}");
     }
