@@ -7,7 +7,8 @@
 //!   subscriber that joined first (so its subscriptions wait for the
 //!   publisher's offer) answers the server's offers and receives RTP on
 //!   both tracks.
-//! - `permissions_are_enforced_on_media`: a participant without
+//! - `permissions_are_enforced_on_media` (the publisher offers before it
+//!   announces its tracks, the other order): a participant without
 //!   `can_subscribe` is never offered anything while another receives the
 //!   media; revoking the publisher's `can_publish` over REST ends the tracks
 //!   at the subscriber (their m-lines are stopped and the receivers end).
@@ -214,10 +215,22 @@ struct Publisher {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
-/// Joins as `identity`, publishing a VP8 camera track `cam` and an Opus
-/// microphone track `mic` with the join (one round trip), answers the
-/// offer and starts writing synthetic samples on both.
-async fn publish(server: &Server, room: &str, identity: &str) -> (Publisher, Value) {
+/// How the publisher announces its tracks relative to its offer.
+#[derive(Clone, Copy, PartialEq)]
+enum Order {
+    /// `publish` entries and the offer in `join` (the tracks are announced
+    /// first, so signalling's `publish` reaches the SFU adapter before the
+    /// m-lines do).
+    WithJoin,
+    /// `join`, then the offer, then one `publish` per track once the answer
+    /// is back (the m-lines reach the adapter first).
+    OfferFirst,
+}
+
+/// Joins as `identity` publishing a VP8 camera track `cam` and an Opus
+/// microphone track `mic`, answers the offer and starts writing synthetic
+/// samples on both.
+async fn publish(server: &Server, room: &str, identity: &str, order: Order) -> (Publisher, Value) {
     let pc = loopback_peer().await;
     let video = Arc::new(TrackLocalStaticSample::new(
         RTCRtpCodecCapability {
@@ -251,17 +264,37 @@ async fn publish(server: &Server, room: &str, identity: &str) -> (Publisher, Val
     let sdp = local_sdp(&pc, offer).await;
 
     let mut ws = server.connect(&token(identity, grants(room))).await;
-    ws.send(json!({
-        "v": 1, "id": 1, "type": "join",
-        "publish": [
-            {"cid": "cam", "kind": "video", "source": "camera"},
-            {"cid": "mic", "kind": "audio", "source": "microphone"},
-        ],
-        "offer": sdp,
-    }))
-    .await;
-    let joined = ws.expect("joined").await;
-    let answer = ws.expect("answer").await;
+    let tracks = json!([
+        {"cid": "cam", "kind": "video", "source": "camera"},
+        {"cid": "mic", "kind": "audio", "source": "microphone"},
+    ]);
+    let (joined, answer) = match order {
+        Order::WithJoin => {
+            ws.send(json!({"v": 1, "id": 1, "type": "join", "publish": tracks, "offer": sdp}))
+                .await;
+            let joined = ws.expect("joined").await;
+            (joined, ws.expect("answer").await)
+        }
+        Order::OfferFirst => {
+            ws.send(json!({"v": 1, "type": "join"})).await;
+            let joined = ws.expect("joined").await;
+            ws.send(json!({"v": 1, "id": 2, "type": "offer", "target": "publisher", "sdp": sdp}))
+                .await;
+            let answer = ws.expect("answer").await;
+            for t in tracks.as_array().into_iter().flatten() {
+                let mut msg = t.clone();
+                msg["v"] = json!(1);
+                msg["type"] = json!("publish");
+                ws.send(msg).await;
+                let cid = t["cid"].clone();
+                ws.expect_where("own track_published", |m| {
+                    m["type"] == "track_published" && m["track"]["cid"] == cid
+                })
+                .await;
+            }
+            (joined, answer)
+        }
+    };
     assert_eq!(answer["target"], "publisher", "{answer}");
     let answer_sdp = answer["sdp"].as_str().expect("answer sdp");
     assert!(answer_sdp.contains("a=ice-lite"), "{answer_sdp}");
@@ -420,7 +453,7 @@ async fn webrtc_rs_publishes_and_subscribes_through_the_sfu() {
     bob.send(json!({"v": 1, "type": "join"})).await;
     bob.expect("joined").await;
 
-    let (alice, _) = publish(&server, "interop", "alice").await;
+    let (alice, _) = publish(&server, "interop", "alice", Order::WithJoin).await;
 
     let mut seen = Vec::new();
     serve_until(&sub_pc, &mut bob, &received, &mut seen, "RTP on both tracks", |r, _| {
@@ -466,7 +499,7 @@ async fn permissions_are_enforced_on_media() {
     dave.send(json!({"v": 1, "type": "join"})).await;
     dave.expect("joined").await;
 
-    let (mut alice, _) = publish(&server, "perm", "alice").await;
+    let (mut alice, _) = publish(&server, "perm", "alice", Order::OfferFirst).await;
     let (carol_pc, carol_received) = subscriber_peer().await;
     let mut carol = server.connect(&token("carol", grants("perm"))).await;
     carol.send(json!({"v": 1, "type": "join"})).await;
