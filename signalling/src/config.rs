@@ -201,6 +201,8 @@ pub enum ConfigError {
     NoTurnConflict { at: Setting },
     #[error("--turn-listen {addr} is a wildcard address: clients need a specific one, so give --turn-url, --turn-external-ip or --media-ip")]
     NoAdvertisedHost { addr: SocketAddr },
+    #[error("--http-listen {addr} is a wildcard address and the SFU listens on the same host: give --media-ip, the address clients reach it at")]
+    NoMediaIp { addr: SocketAddr },
     #[error("{at}: {value:?} is not an http:// or https:// URL")]
     BadWebhookUrl { at: Setting, value: String },
     /// rtc-relay's validation of the `--turn-*` flags, its flag names rewritten.
@@ -671,6 +673,11 @@ fn build(
         },
         None => LogFormat::Text,
     };
+
+    // The SFU's host candidate must be an address clients can send to.
+    if http_listen.ip().is_unspecified() && media_ip.is_none() {
+        return Err(ConfigError::NoMediaIp { addr: http_listen });
+    }
 
     let mut cfg = ServerConfig {
         http_listen,
@@ -1160,10 +1167,21 @@ mod tests {
         let e = serve(&["--http-listen", "0.0.0.0:8080"]).unwrap_err();
         assert!(matches!(e, ConfigError::KeysRequired { .. }), "{e}");
         assert!(e.to_string().contains("--api-key"), "{e}");
-        let c = serve(&["--http-listen", "0.0.0.0:8080", "--dev"]).unwrap();
+        let c = serve(&["--http-listen", "0.0.0.0:8080", "--dev", "--media-ip", "192.0.2.10"]).unwrap();
         assert!(c.dev_mode);
         let key = format!("k={SECRET}");
-        let c = serve(&["--http-listen", "[::]:8080", "--api-key", &key]).unwrap();
+        // The SFU shares the HTTP host: a wildcard needs the address to advertise.
+        let e = serve(&["--http-listen", "[::]:8080", "--api-key", &key]).unwrap_err();
+        assert!(matches!(e, ConfigError::NoMediaIp { .. }), "{e}");
+        let c = serve(&[
+            "--http-listen",
+            "[::]:8080",
+            "--api-key",
+            &key,
+            "--media-ip",
+            "2001:db8::1",
+        ])
+        .unwrap();
         assert_eq!(c.http_listen, "[::]:8080".parse().unwrap());
         let e = serve(&["--http-listen", "localhost:8080"]).unwrap_err();
         assert!(
