@@ -230,10 +230,17 @@ pub struct Router {
     /// Active speaker detection per room.
     speakers: HashMap<String, SpeakerDetector>,
     next_speaker_tick: Option<Instant>,
+    /// Subscribers to reallocate before the next poll (a layer switch
+    /// completed). Keeps its capacity.
+    realloc: Vec<ParticipantId>,
+    next_realloc_tick: Option<Instant>,
 }
 
 /// How often rooms' speaker rankings are recomputed.
 const SPEAKER_TICK: Duration = Duration::from_millis(200);
+
+/// How often every subscriber is reallocated even without a new estimate.
+const REALLOC_TICK: Duration = Duration::from_secs(1);
 
 impl Router {
     pub fn new(cfg: RouterConfig) -> Self {
@@ -252,6 +259,8 @@ impl Router {
             next_id: 1,
             speakers: HashMap::new(),
             next_speaker_tick: None,
+            realloc: Vec::new(),
+            next_realloc_tick: None,
         }
     }
 
@@ -723,6 +732,15 @@ impl Router {
                 self.drain_peer(now, PeerId(i as u32), tx);
             }
         }
+        if self.next_realloc_tick.is_none_or(|t| t <= now) {
+            self.next_realloc_tick = Some(now + REALLOC_TICK);
+            self.realloc.extend(
+                self.participants
+                    .iter()
+                    .filter(|(_, p)| p.subscriber.is_some())
+                    .map(|(id, _)| *id),
+            );
+        }
         self.settle(now, tx);
         if self.next_speaker_tick.is_none_or(|t| t <= now) {
             self.next_speaker_tick = Some(now + SPEAKER_TICK);
@@ -743,7 +761,11 @@ impl Router {
 
     /// Drains peers written to until nothing is left to do.
     fn settle(&mut self, now: Instant, tx: &mut dyn FnMut(&Transmit)) {
-        while let Some(id) = self.dirty.pop() {
+        loop {
+            while let Some(sub) = self.realloc.pop() {
+                self.reallocate(now, sub);
+            }
+            let Some(id) = self.dirty.pop() else { break };
             self.drain_peer(now, id, tx);
         }
     }
@@ -811,8 +833,16 @@ impl Router {
                 self.request_keyframe(now, source, rid, kind);
             }
             PeerEvent::Estimate(b) => {
-                let forced = self.participants.get(&owner).and_then(|p| p.estimate_override);
-                self.on_estimate(now, owner, forced.unwrap_or(b));
+                let Some(p) = self.participants.get_mut(&owner) else {
+                    return;
+                };
+                p.estimate = Some(b);
+                let effective = p.estimate_override.unwrap_or(b);
+                self.events.push_back(SfuEvent::Estimate {
+                    participant: owner,
+                    bitrate: effective.as_u64(),
+                });
+                self.reallocate(now, owner);
             }
             PeerEvent::Connected => self.events.push_back(SfuEvent::Connected {
                 participant: owner,
@@ -908,23 +938,44 @@ impl Router {
         };
         p.estimate_override = estimate;
         if let Some(b) = estimate.or(p.estimate) {
-            self.on_estimate(now, participant, b);
+            self.events.push_back(SfuEvent::Estimate {
+                participant,
+                bitrate: b.as_u64(),
+            });
         }
+        self.reallocate(now, participant);
     }
 
-    /// A new downlink estimate for `participant`'s subscriber connection:
-    /// divides it across the down-tracks (allocator), moving simulcast
-    /// targets and pausing what cannot fit, and tells str0m's BWE what to
-    /// probe for. Public so tests and operators can impose an estimate.
+    /// A new downlink estimate for `participant`'s subscriber connection, as
+    /// if str0m had reported it; public so tests and operators can impose
+    /// one (an override set with [`Router::set_estimate_override`] still
+    /// wins).
     pub fn on_estimate(&mut self, now: Instant, participant: ParticipantId, estimate: Bitrate) {
-        self.events.push_back(SfuEvent::Estimate {
-            participant,
-            bitrate: estimate.as_u64(),
-        });
         let Some(p) = self.participants.get_mut(&participant) else {
             return;
         };
         p.estimate = Some(estimate);
+        self.events.push_back(SfuEvent::Estimate {
+            participant,
+            bitrate: p.estimate_override.unwrap_or(estimate).as_u64(),
+        });
+        self.reallocate(now, participant);
+    }
+
+    /// Divides `participant`'s downlink estimate across its down-tracks
+    /// (allocator), moving simulcast targets and pausing what cannot fit,
+    /// and tells str0m's BWE what to probe for. Runs on every estimate, when
+    /// a layer switch completes (only a settled allocation asks for a probe,
+    /// and str0m's estimate does not change by itself while nothing probes,
+    /// so without this a subscriber could stay on a low layer for good) and
+    /// on a slow tick (layer rates drift).
+    fn reallocate(&mut self, now: Instant, participant: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&participant) else {
+            return;
+        };
+        let Some(estimate) = p.estimate_override.or(p.estimate) else {
+            return;
+        };
         // Control rate (one estimate every few hundred ms), so these
         // vectors are not on the packet path.
         let mut mids = Vec::with_capacity(p.downs.len());
@@ -1114,6 +1165,9 @@ impl Router {
                     d.dt.resume();
                 }
                 d.current = d.target;
+                if !self.realloc.contains(&sub) {
+                    self.realloc.push(sub);
+                }
             } else if rid != d.current {
                 continue;
             }

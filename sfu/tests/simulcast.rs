@@ -168,3 +168,110 @@ fn estimate_falls_layer_drops_then_recovers_and_pauses() {
     run_for(&mut net, &mut publisher, a, mid, 1000);
     assert_eq!(video_count(&net, b), mark, "paused");
 }
+
+/// The last downlink estimate the SFU reported for `pid`.
+fn last_estimate(net: &Net, pid: sfu::router::ParticipantId) -> Option<u64> {
+    net.events.iter().rev().find_map(|e| match e {
+        sfu::router::SfuEvent::Estimate { participant, bitrate } if *participant == pid => Some(*bitrate),
+        _ => None,
+    })
+}
+
+/// No override here: bob's downlink is a 250 kbit/s bottleneck for a
+/// while, str0m's TWCC estimator sees the queue build and lowers its
+/// estimate, and the allocator moves bob below the top layer; when the
+/// limit goes, probing finds the capacity again and bob climbs back.
+#[test]
+fn twcc_estimate_falls_under_a_rate_limit_and_climbs_back() {
+    let mut net = Net::new();
+    let now = net.now;
+    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let a = net.add_client("10.0.0.2:4000");
+    let b = net.add_client("10.0.0.3:4000");
+    // Bob's downlink: 20 ms away, 100 Mbit/s (no constraint) to start,
+    // a drop-tail queue of at most 200 ms.
+    const FAST: u64 = 100_000_000;
+    const SLOW: u64 = 250_000;
+    let mut link = common::Bottleneck::new(
+        now,
+        net.clients[b].addr,
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    );
+    link.bps = Some(FAST);
+    net.bottleneck = Some(link);
+    let mut mid = None;
+    net.publish_offer(a, alice, |api| {
+        let mut sim = Simulcast::new();
+        for r in RIDS {
+            sim.add_send_layer(SimulcastLayer::new(r));
+        }
+        mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim)));
+    });
+    let mid = mid.unwrap();
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
+    let mut publisher = Publisher {
+        seq: [10, 2000, 40000],
+        sent: 0,
+        force_key: [false; 3],
+        requests: [0; 3],
+    };
+    run_for(&mut net, &mut publisher, a, mid, 1000);
+    let track = TrackId { publisher: alice, mid };
+    let now = net.now;
+    net.sfu.subscribe(now, bob, track).unwrap();
+    net.answer_offers(b, bob);
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+
+    // Unconstrained: the top layer (about 420 kbit/s with headers).
+    run_for(&mut net, &mut publisher, a, mid, 10_000);
+    let mark = video_count(&net, b);
+    run_for(&mut net, &mut publisher, a, mid, 2_000);
+    let top_est = last_estimate(&net, bob).unwrap();
+    assert!(top_est > 504_000, "estimate with room for the top layer: {top_est}");
+    assert!(
+        layers_since(&net, b, mark).iter().all(|(_, l)| *l == 2),
+        "top layer throughout"
+    );
+
+    // 250 kbit/s: str0m's own estimate falls and the layer with it.
+    net.bottleneck.as_mut().unwrap().bps = Some(SLOW);
+    let mark = video_count(&net, b);
+    run_for(&mut net, &mut publisher, a, mid, 5_000);
+    let low_est = last_estimate(&net, bob).unwrap();
+    assert!(low_est < SLOW * 6 / 5, "estimate follows the bottleneck: {low_est}");
+    let mark2 = video_count(&net, b);
+    run_for(&mut net, &mut publisher, a, mid, 5_000);
+    let got = layers_since(&net, b, mark);
+    assert!(got.len() >= 200, "video keeps flowing: {}", got.len());
+    let steady = layers_since(&net, b, mark2);
+    assert!(
+        steady.iter().all(|(_, l)| *l < 2),
+        "below the top layer while constrained: {steady:?}"
+    );
+    // One stream across the switch: the drop-tail queue loses packets
+    // until the estimate has fallen (and NACK repair competes for the same
+    // 250 kbit/s), but the rewritten numbering has no jumps, so holes stay
+    // a small share of the packets.
+    let mut seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let span = (seqs[seqs.len() - 1] - seqs[0] + 1) as usize;
+    let holes = span - seqs.len();
+    assert!(holes * 10 < span, "{holes} holes in {span} sequence numbers");
+
+    // The limit goes: probing finds the capacity and bob climbs back.
+    net.bottleneck.as_mut().unwrap().bps = Some(FAST);
+    let mark = video_count(&net, b);
+    let mut climbed = false;
+    for _ in 0..20 {
+        run_for(&mut net, &mut publisher, a, mid, 1_000);
+        if layers_since(&net, b, mark).last().is_some_and(|(_, l)| *l == 2) {
+            climbed = true;
+            break;
+        }
+    }
+    assert!(climbed, "back on the top layer within 20 s");
+    assert!(last_estimate(&net, bob).unwrap() > 504_000);
+}

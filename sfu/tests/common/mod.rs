@@ -59,6 +59,64 @@ pub struct Packet {
 /// datagram on its direction).
 pub type LossFn = Box<dyn FnMut(&Packet, u64) -> bool>;
 
+/// A bottleneck on the SFU -> client path to one address: packets are
+/// serialised at `bps` (unlimited when `None`) behind a drop-tail queue that
+/// holds at most `max_queue` of waiting time, then travel `delay`. Pure
+/// arithmetic on virtual time, so runs are deterministic.
+pub struct Bottleneck {
+    pub to: SocketAddr,
+    pub bps: Option<u64>,
+    pub max_queue: Duration,
+    pub delay: Duration,
+    /// When the link finishes sending what is queued.
+    free_at: Instant,
+    /// (arrival time at the client, datagram), in arrival order.
+    in_flight: VecDeque<(Instant, Packet)>,
+    pub dropped: u64,
+    pub delivered_bytes: u64,
+}
+
+impl Bottleneck {
+    pub fn new(now: Instant, to: SocketAddr, delay: Duration, max_queue: Duration) -> Bottleneck {
+        Bottleneck {
+            to,
+            bps: None,
+            max_queue,
+            delay,
+            free_at: now,
+            in_flight: VecDeque::new(),
+            dropped: 0,
+            delivered_bytes: 0,
+        }
+    }
+
+    fn enqueue(&mut self, now: Instant, p: Packet) {
+        let start = self.free_at.max(now);
+        let Some(bps) = self.bps else {
+            // Unlimited: only the propagation delay, after what is queued.
+            self.free_at = start;
+            self.in_flight.push_back((start + self.delay, p));
+            return;
+        };
+        if start - now > self.max_queue {
+            self.dropped += 1;
+            return;
+        }
+        let bits = (p.data.len() as u64 + 28) * 8; // IP + UDP headers
+        self.free_at = start + Duration::from_nanos(bits * 1_000_000_000 / bps.max(1));
+        self.in_flight.push_back((self.free_at + self.delay, p));
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Packet> {
+        if self.in_flight.front().is_some_and(|(t, _)| *t <= now) {
+            let p = self.in_flight.pop_front().map(|(_, p)| p)?;
+            self.delivered_bytes += p.data.len() as u64;
+            return Some(p);
+        }
+        None
+    }
+}
+
 pub struct Net {
     pub now: Instant,
     pub start: Instant,
@@ -73,6 +131,8 @@ pub struct Net {
     up_count: u64,
     down_count: u64,
     pub dropped: u64,
+    /// Optional bottleneck towards one client.
+    pub bottleneck: Option<Bottleneck>,
     to_sfu: VecDeque<Packet>,
     to_clients: VecDeque<Packet>,
 }
@@ -100,6 +160,7 @@ impl Net {
             up_count: 0,
             down_count: 0,
             dropped: 0,
+            bottleneck: None,
             to_sfu: VecDeque::new(),
             to_clients: VecDeque::new(),
         }
@@ -242,21 +303,32 @@ impl Net {
                     continue;
                 }
             }
-            let Some(c) = self.clients.iter_mut().find(|c| c.addr == p.to) else {
+            if let Some(b) = self.bottleneck.as_mut().filter(|b| b.to == p.to) {
+                b.enqueue(now, p);
                 continue;
-            };
-            let input = Input::Receive(
-                now,
-                Receive {
-                    proto: Protocol::Udp,
-                    source: p.from,
-                    destination: p.to,
-                    contents: (&p.data[..]).try_into().unwrap(),
-                },
-            );
-            c.rtc.handle_input(input).unwrap();
-            Self::poll_client(c, now, &mut self.to_sfu);
+            }
+            self.deliver(now, p);
         }
+        while let Some(p) = self.bottleneck.as_mut().and_then(|b| b.pop_due(now)) {
+            self.deliver(now, p);
+        }
+    }
+
+    fn deliver(&mut self, now: Instant, p: Packet) {
+        let Some(c) = self.clients.iter_mut().find(|c| c.addr == p.to) else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: p.from,
+                destination: p.to,
+                contents: (&p.data[..]).try_into().unwrap(),
+            },
+        );
+        c.rtc.handle_input(input).unwrap();
+        Self::poll_client(c, now, &mut self.to_sfu);
     }
 
     fn poll_client(c: &mut Client, now: Instant, to_sfu: &mut VecDeque<Packet>) {
