@@ -16,7 +16,7 @@ use str0m::media::Rid;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::participant::{PeerConfig, Role};
-use crate::router::{ParticipantId, ParticipantInfo, Router, RouterConfig, SfuEvent, TrackId};
+use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, RouterConfig, SfuEvent, TrackId};
 use crate::shard::{shard_main, Command, ShardInit};
 use crate::Error;
 
@@ -229,6 +229,41 @@ impl Sfu {
             publisher,
             track,
             muted,
+            reply,
+        })
+        .await
+    }
+
+    /// The picture size of each layer of a published track as the publisher
+    /// declared it (`None` rid for a single stream), which subscribers'
+    /// size limits are matched against.
+    pub async fn set_track_layers(
+        &self,
+        publisher: ParticipantId,
+        track: TrackId,
+        layers: Vec<(Option<Rid>, u32, u32)>,
+    ) -> Result<(), Error> {
+        self.call(publisher, |reply| Command::Layers {
+            publisher,
+            track,
+            layers,
+            reply,
+        })
+        .await
+    }
+
+    /// The size a subscriber renders a track at and the frame rate it
+    /// wants: no layer bigger than needed is sent.
+    pub async fn set_track_limits(
+        &self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        limits: Limits,
+    ) -> Result<(), Error> {
+        self.call(subscriber, |reply| Command::Limits {
+            subscriber,
+            track,
+            limits,
             reply,
         })
         .await

@@ -92,7 +92,7 @@ pub mod router;
 pub mod shard;
 
 pub use handle::{Sfu, SfuConfig};
-pub use router::{ParticipantId, ParticipantInfo, SfuEvent, TrackId};
+pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};
 
 pub mod allocator;
 pub mod downtrack;

@@ -24,7 +24,7 @@ use crate::downtrack::{DownTrack, PacketInfo, SourceId};
 use crate::keyframe::is_keyframe;
 use crate::mux::{shard_prefix, Mux, PeerId, Route};
 use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
-use crate::simulcast::MAX_LAYERS;
+use crate::simulcast::{allowed_max_layer, LayerInfo, Preferences, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
 use crate::Error;
 
@@ -150,6 +150,9 @@ struct Track {
     /// Muted by its publisher: nothing is forwarded and the allocator
     /// reserves nothing for it.
     muted: bool,
+    /// Picture size of each layer as the publisher declared it, in the
+    /// order of `rids` (one entry for a single stream); 0 = unknown.
+    dims: [(u32, u32); MAX_LAYERS],
     /// Bytes per layer in the current window, and the last window's rates
     /// (what the allocator weighs layers by).
     layer_bytes: [u64; MAX_LAYERS],
@@ -176,6 +179,9 @@ struct Down {
     target: Option<Rid>,
     /// The subscriber's own choice of layer, a cap for the allocator.
     pinned: Option<Rid>,
+    /// The size the subscriber renders at and the frame rate it wants
+    /// (0 = no limit): layers bigger than needed are not sent.
+    limits: Limits,
     /// Paused by the subscriber.
     paused: bool,
     /// Paused by the allocator: not even the lowest layer fits.
@@ -186,6 +192,16 @@ struct Down {
     /// Highest extended output sequence number written (str0m wants
     /// extended numbers; the down-track gives 16 bits).
     out_ext: Option<u64>,
+}
+
+/// A subscriber's rendering limits for one video subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Passed to the layer choice, which cannot act on it yet: it needs
+    /// temporal layers, and the router does not parse them.
+    pub max_fps: u32,
 }
 
 /// Extends a 16-bit sequence number to the extended number nearest `last`.
@@ -200,6 +216,30 @@ fn layer_of(rids: &[Rid], rid: Option<Rid>) -> usize {
     rid.and_then(|r| rids.iter().position(|x| *x == r))
         .unwrap_or(0)
         .min(MAX_LAYERS - 1)
+}
+
+/// The highest layer a subscription may get: its pinned layer, and the
+/// smallest layer that covers the size it renders at (scaling a bigger
+/// picture down looks better than scaling a smaller one up).
+fn max_layer(t: &Track, d: &Down) -> u8 {
+    let count = t.rids.len().clamp(1, MAX_LAYERS);
+    let mut layers = [LayerInfo::default(); MAX_LAYERS];
+    for (l, (w, h)) in layers.iter_mut().zip(t.dims) {
+        l.width = w;
+        l.height = h;
+        l.active = true;
+    }
+    let prefs = Preferences {
+        max_quality: match d.pinned {
+            Some(r) => layer_of(&t.rids, Some(r)) as u8,
+            None => (MAX_LAYERS - 1) as u8,
+        },
+        max_width: d.limits.max_width,
+        max_height: d.limits.max_height,
+        max_fps: d.limits.max_fps,
+        paused: false,
+    };
+    allowed_max_layer(&layers[..count], &prefs).unwrap_or(0)
 }
 
 /// Window over which layer bitrates are measured.
@@ -480,6 +520,62 @@ impl Router {
         Ok(())
     }
 
+    /// The picture size of each layer of `track`, as its publisher declared
+    /// it (signalling's track info): what subscribers' size limits are
+    /// matched against. Unlisted rids stay unknown (never capped by size).
+    pub fn set_track_layers(
+        &mut self,
+        now: Instant,
+        publisher: ParticipantId,
+        track: TrackId,
+        layers: &[(Option<Rid>, u32, u32)],
+    ) -> Result<(), Error> {
+        if track.publisher != publisher {
+            return Err(Error::Unknown);
+        }
+        let t = self.tracks.get_mut(&track).ok_or(Error::Unknown)?;
+        for &(rid, w, h) in layers {
+            // A single stream has no rid; a simulcast layer must name one
+            // of the publisher's.
+            let i = match rid {
+                None if t.rids.is_empty() => 0,
+                Some(r) => match t.rids.iter().position(|x| *x == r) {
+                    Some(i) if i < MAX_LAYERS => i,
+                    _ => continue,
+                },
+                None => continue,
+            };
+            t.dims[i] = (w, h);
+        }
+        let subs: Vec<ParticipantId> = t.subscribers.iter().map(|(s, _)| *s).collect();
+        for s in subs {
+            self.reallocate(now, s);
+        }
+        Ok(())
+    }
+
+    /// The size a subscriber renders `track` at and the frame rate it
+    /// wants (0 = no limit), so no layer bigger than needed is sent.
+    pub fn set_track_limits(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantId,
+        track: TrackId,
+        limits: Limits,
+    ) -> Result<(), Error> {
+        let p = self.participants.get_mut(&subscriber).ok_or(Error::Unknown)?;
+        let mut found = false;
+        for d in p.downs.values_mut().filter(|d| d.source == track) {
+            d.limits = limits;
+            found = true;
+        }
+        if !found {
+            return Err(Error::Unknown);
+        }
+        self.reallocate(now, subscriber);
+        Ok(())
+    }
+
     /// Removes a participant, its tracks and its subscriptions.
     pub fn remove_participant(&mut self, now: Instant, id: ParticipantId) {
         let Some(p) = self.participants.remove(&id) else {
@@ -679,6 +775,7 @@ impl Router {
                     current: None,
                     target: rid,
                     pinned: None,
+                    limits: Limits::default(),
                     paused: false,
                     bw_paused: false,
                     pts: Vec::new(),
@@ -809,6 +906,7 @@ impl Router {
                 self.tracks.entry(track).or_insert_with(|| Track {
                     kind,
                     rids: rids.clone(),
+                    dims: [(0, 0); MAX_LAYERS],
                     subscribers: Vec::new(),
                     params: Vec::new(),
                     last_keyframe_request: Vec::new(),
@@ -1002,10 +1100,7 @@ impl Router {
                     *l = Some(*d);
                 }
             }
-            let max_layer = match d.pinned {
-                Some(r) => layer_of(&t.rids, Some(r)),
-                None => t.rids.len().saturating_sub(1),
-            } as u8;
+            let max_layer = max_layer(t, d);
             let current = d.current.map(|r| layer_of(&t.rids, Some(r)) as u8).or_else(|| {
                 // A single stream being forwarded is layer 0.
                 (d.current.is_none() && t.rids.is_empty() && !d.bw_paused).then_some(0)

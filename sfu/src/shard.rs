@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::mux::Route;
 use crate::participant::Role;
-use crate::router::{ParticipantId, ParticipantInfo, Router, SfuEvent, TrackId};
+use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, SfuEvent, TrackId};
 use crate::Error;
 
 /// Largest datagram (or GRO train) one receive slot holds.
@@ -83,6 +83,18 @@ pub enum Command {
         publisher: ParticipantId,
         track: TrackId,
         muted: bool,
+        reply: Reply<()>,
+    },
+    Layers {
+        publisher: ParticipantId,
+        track: TrackId,
+        layers: Vec<(Option<Rid>, u32, u32)>,
+        reply: Reply<()>,
+    },
+    Limits {
+        subscriber: ParticipantId,
+        track: TrackId,
+        limits: Limits,
         reply: Reply<()>,
     },
     Remove {
@@ -249,6 +261,22 @@ fn handle_command(router: &mut Router, now: Instant, cmd: Command, tx: &mut dyn 
             reply,
         } => {
             let _ = reply.send(router.set_muted(now, publisher, track, muted));
+        }
+        Command::Layers {
+            publisher,
+            track,
+            layers,
+            reply,
+        } => {
+            let _ = reply.send(router.set_track_layers(now, publisher, track, &layers));
+        }
+        Command::Limits {
+            subscriber,
+            track,
+            limits,
+            reply,
+        } => {
+            let _ = reply.send(router.set_track_limits(now, subscriber, track, limits));
         }
         Command::Remove { id } => router.remove_participant(now, id),
         Command::Foreign { remote, local, data } => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::Net;
 use sfu::participant::Role;
-use sfu::router::TrackId;
+use sfu::router::{ParticipantId, TrackId};
 use str0m::bwe::Bitrate;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
@@ -274,4 +274,86 @@ fn twcc_estimate_falls_under_a_rate_limit_and_climbs_back() {
     }
     assert!(climbed, "back on the top layer within 20 s");
     assert!(last_estimate(&net, bob).unwrap() > 504_000);
+}
+
+/// Alice publishes three layers (warm for a second), bob subscribes and is
+/// connected. Returns (alice, bob, alice's client, bob's client, mid,
+/// publisher state).
+fn simulcast_room(net: &mut Net) -> (ParticipantId, ParticipantId, usize, usize, Mid, Publisher) {
+    let now = net.now;
+    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let a = net.add_client("10.0.0.2:4000");
+    let b = net.add_client("10.0.0.3:4000");
+    let mut mid = None;
+    net.publish_offer(a, alice, |api| {
+        let mut sim = Simulcast::new();
+        for r in RIDS {
+            sim.add_send_layer(SimulcastLayer::new(r));
+        }
+        mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim)));
+    });
+    let mid = mid.unwrap();
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
+    let mut publisher = Publisher {
+        seq: [10, 2000, 40000],
+        sent: 0,
+        force_key: [false; 3],
+        requests: [0; 3],
+    };
+    run_for(net, &mut publisher, a, mid, 1000);
+    let now = net.now;
+    net.sfu.subscribe(now, bob, TrackId { publisher: alice, mid }).unwrap();
+    net.answer_offers(b, bob);
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+    (alice, bob, a, b, mid, publisher)
+}
+
+#[test]
+fn rendering_size_caps_the_layer() {
+    let mut net = Net::new();
+    let (alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
+    let track = TrackId { publisher: alice, mid };
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    // Only the publisher declares its layers; an unknown rid is ignored.
+    let dims = vec![
+        (Some(Rid::from("q")), 320, 180),
+        (Some(Rid::from("h")), 640, 360),
+        (Some(Rid::from("f")), 1280, 720),
+        (Some(Rid::from("x")), 9999, 9999),
+    ];
+    assert!(net.sfu.set_track_layers(now, bob, track, &dims).is_err());
+    net.sfu.set_track_layers(now, alice, track, &dims).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, 1000);
+    assert_eq!(layers_since(&net, b, 0).last().unwrap().1, 2, "no limit: top layer");
+
+    // (rendered size, layer expected): the smallest layer that covers it.
+    let cases = [
+        ((640, 360), 1),
+        ((300, 200), 1),
+        ((320, 180), 0),
+        ((1920, 1080), 2),
+        ((0, 0), 2),
+    ];
+    for ((w, h), want) in cases {
+        let limits = sfu::Limits {
+            max_width: w,
+            max_height: h,
+            max_fps: 0,
+        };
+        let now = net.now;
+        net.sfu.set_track_limits(now, bob, track, limits).unwrap();
+        let mark = video_count(&net, b);
+        run_for(&mut net, &mut publisher, a, mid, 1000);
+        let got = layers_since(&net, b, mark);
+        assert_eq!(got.last().unwrap().1, want, "{w}x{h}");
+    }
+    // Limits on a track bob does not receive are refused.
+    let other = TrackId { publisher: bob, mid };
+    let now = net.now;
+    assert!(net
+        .sfu
+        .set_track_limits(now, bob, other, sfu::Limits::default())
+        .is_err());
 }
