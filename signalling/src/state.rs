@@ -39,6 +39,9 @@ pub struct Settings {
     pub turn: TurnConfig,
     pub api: ApiLimits,
     pub session: SessionLimits,
+    /// Development mode (no configured API keys, a generated `devkey`): the
+    /// demo page may ask `POST /v1/dev/token` for tokens. Never in production.
+    pub dev_mode: bool,
 }
 
 pub struct StateInner {

@@ -26,10 +26,11 @@ use crate::state::AppState;
 pub mod error;
 pub mod openapi;
 pub(crate) mod rate_limit;
+pub mod web;
 
 pub use error::{ApiError, ApiResult};
 
-/// The whole HTTP surface: `/v1/...`, `/metrics`.
+/// The whole HTTP surface: `/v1/...`, `/metrics`, the demo page and SDK (`web`).
 pub fn router(state: AppState) -> Router {
     let limited = Router::new()
         .route("/v1/rooms", post(create_room).get(list_rooms))
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(limited)
         .merge(open)
+        .merge(web::routes(state.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(state.settings.api.max_body_bytes))
         .with_state(state.clone())

@@ -160,6 +160,7 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
 
     let settings = Settings {
         turn: cfg.turn_config(),
+        dev_mode: cfg.dev_mode,
         ..Settings::default()
     };
     let state = AppState::new(
