@@ -91,6 +91,14 @@ pub enum SfuEvent {
         participant: ParticipantId,
         bitrate: u64,
     },
+    /// Dynacast: the simulcast layers of `track` that some subscriber needs
+    /// (lowest first; empty = none). Sent when a layer has been unneeded for
+    /// [`DYNACAST_DELAY`] and within 200 ms when one is needed again; signalling
+    /// tells the publisher to stop or restart encoding the others.
+    LayersWanted {
+        track: TrackId,
+        rids: Vec<Rid>,
+    },
     /// A data channel message from a participant (already relayed to the
     /// rest of the room).
     Data {
@@ -157,7 +165,15 @@ struct Track {
     /// (what the allocator weighs layers by).
     layer_bytes: [u64; MAX_LAYERS],
     layer_bps: [Option<u64>; MAX_LAYERS],
+    /// The last rate each layer was measured at, for layers the publisher
+    /// stopped at our request (dynacast): the allocator must still be able
+    /// to pick them, or nobody would ever want them back.
+    last_bps: [Option<u64>; MAX_LAYERS],
     window_start: Option<Instant>,
+    /// Dynacast: the layers (bit per index of `rids`) the control plane was
+    /// last told are wanted, and since when each has been unwanted.
+    announced: u8,
+    unwanted_since: [Option<Instant>; MAX_LAYERS],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -274,10 +290,19 @@ pub struct Router {
     /// completed). Keeps its capacity.
     realloc: Vec<ParticipantId>,
     next_realloc_tick: Option<Instant>,
+    next_dynacast_tick: Option<Instant>,
 }
 
 /// How often rooms' speaker rankings are recomputed.
 const SPEAKER_TICK: Duration = Duration::from_millis(200);
+
+/// How long no subscriber may need a simulcast layer before the publisher
+/// is told it can stop sending it (dynacast). Long enough that a dip of the
+/// estimate or a subscriber switching tiles does not toggle the encoder.
+pub const DYNACAST_DELAY: Duration = Duration::from_secs(3);
+
+/// How often the layers wanted of each track are recomputed.
+const DYNACAST_TICK: Duration = Duration::from_millis(200);
 
 /// How often every subscriber is reallocated even without a new estimate.
 const REALLOC_TICK: Duration = Duration::from_secs(1);
@@ -301,6 +326,7 @@ impl Router {
             next_speaker_tick: None,
             realloc: Vec::new(),
             next_realloc_tick: None,
+            next_dynacast_tick: None,
         }
     }
 
@@ -839,6 +865,10 @@ impl Router {
             );
         }
         self.settle(now, tx);
+        if self.next_dynacast_tick.is_none_or(|t| t <= now) {
+            self.next_dynacast_tick = Some(now + DYNACAST_TICK);
+            self.dynacast(now);
+        }
         if self.next_speaker_tick.is_none_or(|t| t <= now) {
             self.next_speaker_tick = Some(now + SPEAKER_TICK);
             for (room, det) in self.speakers.iter_mut() {
@@ -914,7 +944,11 @@ impl Router {
                     muted: false,
                     layer_bytes: [0; MAX_LAYERS],
                     layer_bps: [None; MAX_LAYERS],
+                    last_bps: [None; MAX_LAYERS],
                     window_start: None,
+                    // Publishers start with every layer on.
+                    announced: ((1u16 << rids.len().min(MAX_LAYERS)) - 1) as u8,
+                    unwanted_since: [None; MAX_LAYERS],
                 });
                 self.events.push_back(SfuEvent::TrackPublished {
                     track,
@@ -1085,6 +1119,13 @@ impl Router {
                 MediaKind::Video => TrackKind::Camera,
             };
             let mut layers = t.layer_bps;
+            for (l, (bps, last)) in layers.iter_mut().zip(t.last_bps).enumerate() {
+                // A layer told to stop is priced at its last full window:
+                // the current one is partial or empty.
+                if t.announced & (1 << l) == 0 {
+                    *bps = last.or(*bps);
+                }
+            }
             // Until a layer has been measured (first second of a track), it
             // is assumed to cost what such a layer typically does, so a new
             // subscription is not paused for lack of data.
@@ -1164,6 +1205,46 @@ impl Router {
         }
     }
 
+    /// Dynacast: for each simulcast track, the layers some subscriber is
+    /// forwarded or headed for. A layer nobody needed for
+    /// [`DYNACAST_DELAY`] is announced unwanted (the publisher can stop
+    /// encoding it); a layer needed again is announced on the next tick.
+    /// Control rate, not the packet path.
+    fn dynacast(&mut self, now: Instant) {
+        for (id, t) in self.tracks.iter_mut() {
+            let n = t.rids.len().min(MAX_LAYERS);
+            if n == 0 {
+                continue;
+            }
+            let mut want = 0u8;
+            for &(sub, mid) in &t.subscribers {
+                let Some(d) = self.participants.get(&sub).and_then(|p| p.downs.get(&mid)) else {
+                    continue;
+                };
+                if t.muted || d.paused || d.bw_paused {
+                    continue;
+                }
+                for rid in [d.target, d.current].into_iter().flatten() {
+                    want |= 1 << layer_of(&t.rids, Some(rid));
+                }
+            }
+            let mut next = t.announced;
+            for (l, since) in t.unwanted_since.iter_mut().enumerate().take(n) {
+                if want & (1 << l) != 0 {
+                    *since = None;
+                    next |= 1 << l;
+                } else if now.saturating_duration_since(*since.get_or_insert(now)) >= DYNACAST_DELAY {
+                    next &= !(1 << l);
+                }
+            }
+            if next != t.announced {
+                t.announced = next;
+                let rids = (0..n).filter(|l| next & (1 << l) != 0).map(|l| t.rids[l]).collect();
+                self.events.push_back(SfuEvent::LayersWanted { track: *id, rids });
+            }
+        }
+    }
+
     /// Fans one received packet out to the track's down-tracks.
     fn forward(&mut self, now: Instant, source: TrackId, rid: Option<Rid>, packet: RtpPacket) {
         let Some(track) = self.tracks.get_mut(&source) else {
@@ -1181,8 +1262,20 @@ impl Router {
         let window = *track.window_start.get_or_insert(now);
         if now.saturating_duration_since(window) >= RATE_WINDOW {
             let secs = now.saturating_duration_since(window).as_secs_f64();
-            for (bps, bytes) in track.layer_bps.iter_mut().zip(track.layer_bytes.iter_mut()) {
-                *bps = (*bytes > 0).then(|| (*bytes as f64 * 8.0 / secs) as u64);
+            for ((bps, last), bytes) in track
+                .layer_bps
+                .iter_mut()
+                .zip(track.last_bps.iter_mut())
+                .zip(track.layer_bytes.iter_mut())
+            {
+                let rate = (*bytes > 0).then(|| (*bytes as f64 * 8.0 / secs) as u64);
+                // A window is remembered once the next one also had packets
+                // (so the layer flowed through all of it): the window a layer
+                // stops in is partial and would understate its cost.
+                if rate.is_some() && bps.is_some() {
+                    *last = *bps;
+                }
+                *bps = rate;
                 *bytes = 0;
             }
             track.window_start = Some(now);

@@ -26,6 +26,8 @@ struct Publisher {
     force_key: [bool; 3],
     /// Keyframe requests received per layer.
     requests: [usize; 3],
+    /// Layers not sent (dynacast).
+    off: [bool; 3],
 }
 
 impl Publisher {
@@ -51,6 +53,9 @@ impl Publisher {
         let rtc = &mut net.clients[c].rtc;
         let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
         for l in 0..3 {
+            if self.off[l] {
+                continue;
+            }
             let key = self.sent.is_multiple_of(25) || self.force_key[l];
             self.force_key[l] = false;
             let mut payload = vec![0u8; SIZES[l]];
@@ -115,6 +120,7 @@ fn estimate_falls_layer_drops_then_recovers_and_pauses() {
         sent: 0,
         force_key: [false; 3],
         requests: [0; 3],
+        off: [false; 3],
     };
     // A second of all three layers, so the SFU knows their rates.
     run_for(&mut net, &mut publisher, a, mid, 1000);
@@ -216,6 +222,7 @@ fn twcc_estimate_falls_under_a_rate_limit_and_climbs_back() {
         sent: 0,
         force_key: [false; 3],
         requests: [0; 3],
+        off: [false; 3],
     };
     run_for(&mut net, &mut publisher, a, mid, 1000);
     let track = TrackId { publisher: alice, mid };
@@ -300,6 +307,7 @@ fn simulcast_room(net: &mut Net) -> (ParticipantId, ParticipantId, usize, usize,
         sent: 0,
         force_key: [false; 3],
         requests: [0; 3],
+        off: [false; 3],
     };
     run_for(net, &mut publisher, a, mid, 1000);
     let now = net.now;
@@ -356,4 +364,72 @@ fn rendering_size_caps_the_layer() {
         .sfu
         .set_track_limits(now, bob, other, sfu::Limits::default())
         .is_err());
+}
+
+/// The rids of the last `LayersWanted` for `track` since event `from`.
+fn wanted_since(net: &Net, track: TrackId, from: usize) -> Option<Vec<String>> {
+    net.events[from..].iter().rev().find_map(|e| match e {
+        sfu::router::SfuEvent::LayersWanted { track: t, rids } if *t == track => {
+            Some(rids.iter().map(|r| r.to_string()).collect())
+        }
+        _ => None,
+    })
+}
+
+/// Dynacast: a publisher that stops the layers nobody needs (as signalling
+/// would make it) and restarts them when asked.
+#[test]
+fn dynacast_announces_unneeded_layers_and_restarts_them() {
+    let mut net = Net::new();
+    let (alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
+    let track = TrackId { publisher: alice, mid };
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, 5000);
+    // Bob watches the top layer: the lower two go unneeded.
+    assert_eq!(wanted_since(&net, track, 0), Some(vec!["f".to_string()]));
+
+    // The estimate falls: bob moves to a lower layer at once; the top one
+    // is announced unneeded only after the delay.
+    let mark = net.events.len();
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::kbps(250)));
+    run_for(&mut net, &mut publisher, a, mid, 200);
+    let wanted = wanted_since(&net, track, mark).expect("the lower layer is needed again");
+    assert!(
+        !wanted.is_empty() && !wanted.contains(&"q".to_string()) || wanted.len() >= 2,
+        "{wanted:?}"
+    );
+    let mark = net.events.len();
+    run_for(&mut net, &mut publisher, a, mid, 2000);
+    assert_eq!(wanted_since(&net, track, mark), None, "nothing before the delay");
+    run_for(&mut net, &mut publisher, a, mid, 2000);
+    let low = wanted_since(&net, track, mark).expect("the top layer goes unneeded");
+    assert!(!low.contains(&"f".to_string()) && low.len() == 1, "{low:?}");
+    // The publisher stops everything else.
+    for (l, r) in RIDS.iter().enumerate() {
+        publisher.off[l] = !low.contains(&r.to_string());
+    }
+    run_for(&mut net, &mut publisher, a, mid, 2000);
+
+    // Room again: the top layer is wanted back (its last measured rate
+    // still counts while it is off), the publisher restarts it and bob
+    // gets it.
+    let mark = net.events.len();
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, 400);
+    let back = wanted_since(&net, track, mark).expect("the top layer is wanted again");
+    assert!(back.contains(&"f".to_string()), "{back:?}");
+    publisher.off = [false; 3];
+    let vmark = video_count(&net, b);
+    run_for(&mut net, &mut publisher, a, mid, 2000);
+    assert_eq!(layers_since(&net, b, vmark).last().unwrap().1, 2, "top layer again");
+
+    // Nobody subscribed: after the delay, no layer is needed.
+    let mark = net.events.len();
+    let now = net.now;
+    net.sfu.unsubscribe(now, bob, track).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, 4000);
+    assert_eq!(wanted_since(&net, track, mark), Some(vec![]));
 }
