@@ -269,6 +269,34 @@ impl Sfu {
         .await
     }
 
+    /// Sends a data channel message as `from` to the named members of its
+    /// room (everyone else when `to` is empty) that have channel `label`.
+    pub async fn send_data(
+        &self,
+        from: ParticipantId,
+        label: String,
+        binary: bool,
+        data: Vec<u8>,
+        to: Vec<ParticipantId>,
+    ) -> Result<(), Error> {
+        self.call(from, |reply| Command::SendData {
+            from,
+            label,
+            binary,
+            data,
+            to,
+            reply,
+        })
+        .await
+    }
+
+    /// Whether the SFU relays `id`'s data messages to the whole room itself
+    /// (default) or only reports them as [`SfuEvent::Data`] for signalling
+    /// to route with [`Sfu::send_data`].
+    pub async fn set_data_relay(&self, id: ParticipantId, relay: bool) -> Result<(), Error> {
+        self.call(id, |reply| Command::DataRelay { id, relay, reply }).await
+    }
+
     /// Tears the participant down; fire and forget.
     pub fn remove_participant(&self, id: ParticipantId) {
         if let Ok(q) = self.shard_of(id) {

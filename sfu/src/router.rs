@@ -141,6 +141,8 @@ struct Participant {
     pending_stops: Vec<Mid>,
     /// Data channels open on the publisher connection, by label.
     channels: HashMap<String, ChannelId>,
+    /// The SFU relays this participant's messages to the whole room.
+    relay_data: bool,
     estimate: Option<Bitrate>,
     /// Replaces str0m's estimate when set (operator cap, tests).
     estimate_override: Option<Bitrate>,
@@ -405,6 +407,7 @@ impl Router {
                 pending_adds: Vec::new(),
                 pending_stops: Vec::new(),
                 channels: HashMap::new(),
+                relay_data: true,
                 estimate: None,
                 estimate_override: None,
             },
@@ -886,6 +889,12 @@ impl Router {
         }
     }
 
+    /// Sends what commands queued on peers (data channel writes) now rather
+    /// than at their next timer.
+    pub fn flush(&mut self, now: Instant, tx: &mut dyn FnMut(&Transmit)) {
+        self.settle(now, tx);
+    }
+
     /// Drains peers written to until nothing is left to do.
     fn settle(&mut self, now: Instant, tx: &mut dyn FnMut(&Transmit)) {
         loop {
@@ -997,35 +1006,22 @@ impl Router {
                     p.channels.retain(|_, c| *c != id);
                 }
             }
-            PeerEvent::ChannelData { id, binary, data } => self.relay_data(owner, id, binary, data),
+            PeerEvent::ChannelData { id, binary, data } => self.relay_data(now, owner, id, binary, data),
             PeerEvent::IceState(_) | PeerEvent::StreamPaused { .. } => {}
         }
     }
 
-    /// Relays a data channel message to every other member of the room that
-    /// has a channel of the same label open.
-    fn relay_data(&mut self, from: ParticipantId, id: ChannelId, binary: bool, data: Vec<u8>) {
+    /// A data channel message from a participant: reported, and relayed to
+    /// the rest of the room unless the participant's relay is off (then
+    /// signalling routes it with [`Router::send_data`], e.g. to the
+    /// destinations named inside the message).
+    fn relay_data(&mut self, now: Instant, from: ParticipantId, id: ChannelId, binary: bool, data: Vec<u8>) {
         let Some(p) = self.participants.get(&from) else { return };
         let Some(label) = p.channels.iter().find(|(_, c)| **c == id).map(|(l, _)| l.clone()) else {
             return;
         };
-        let members = self.rooms.get(&p.room).cloned().unwrap_or_default();
-        for m in members {
-            if m == from {
-                continue;
-            }
-            let Some(mp) = self.participants.get(&m) else { continue };
-            let (Some(&cid), pid) = (mp.channels.get(&label), mp.publisher) else {
-                continue;
-            };
-            if let Some(peer) = self.peer_mut(pid) {
-                peer.guard(|rtc| {
-                    if let Some(mut ch) = rtc.channel(cid) {
-                        let _ = ch.write(binary, &data);
-                    }
-                });
-                self.dirty.push(pid);
-            }
+        if p.relay_data {
+            let _ = self.send_data(now, from, &label, binary, &data, &[]);
         }
         self.events.push_back(SfuEvent::Data {
             from,
@@ -1033,6 +1029,54 @@ impl Router {
             binary,
             data,
         });
+    }
+
+    /// Sends a data channel message from `from` to the members of its room
+    /// named in `to` (all others when empty) that have a channel `label`
+    /// open; names outside the room are skipped, so a participant can
+    /// never reach another room. `from` itself never gets its own message.
+    pub fn send_data(
+        &mut self,
+        _now: Instant,
+        from: ParticipantId,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+        to: &[ParticipantId],
+    ) -> Result<(), Error> {
+        let room = &self.participants.get(&from).ok_or(Error::Unknown)?.room;
+        let Some(members) = self.rooms.get(room) else {
+            return Ok(());
+        };
+        for &m in members {
+            if m == from || !(to.is_empty() || to.contains(&m)) {
+                continue;
+            }
+            let Some(mp) = self.participants.get(&m) else { continue };
+            let (Some(&cid), pid) = (mp.channels.get(label), mp.publisher) else {
+                continue;
+            };
+            let Some(slot) = self.peers.get_mut(pid.0 as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            slot.peer.guard(|rtc| {
+                if let Some(mut ch) = rtc.channel(cid) {
+                    let _ = ch.write(binary, data);
+                }
+            });
+            self.dirty.push(pid);
+        }
+        Ok(())
+    }
+
+    /// Whether `participant`'s data channel messages are relayed to the
+    /// whole room by the SFU (the default) or only reported.
+    pub fn set_data_relay(&mut self, participant: ParticipantId, relay: bool) -> Result<(), Error> {
+        self.participants
+            .get_mut(&participant)
+            .ok_or(Error::Unknown)?
+            .relay_data = relay;
+        Ok(())
     }
 
     /// Asks the publisher for a keyframe on one layer, at most once per

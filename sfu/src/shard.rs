@@ -97,6 +97,19 @@ pub enum Command {
         limits: Limits,
         reply: Reply<()>,
     },
+    SendData {
+        from: ParticipantId,
+        label: String,
+        binary: bool,
+        data: Vec<u8>,
+        to: Vec<ParticipantId>,
+        reply: Reply<()>,
+    },
+    DataRelay {
+        id: ParticipantId,
+        relay: bool,
+        reply: Reply<()>,
+    },
     Remove {
         id: ParticipantId,
     },
@@ -277,6 +290,20 @@ fn handle_command(router: &mut Router, now: Instant, cmd: Command, tx: &mut dyn 
             reply,
         } => {
             let _ = reply.send(router.set_track_limits(now, subscriber, track, limits));
+        }
+        Command::SendData {
+            from,
+            label,
+            binary,
+            data,
+            to,
+            reply,
+        } => {
+            let _ = reply.send(router.send_data(now, from, &label, binary, &data, &to));
+            router.flush(now, tx);
+        }
+        Command::DataRelay { id, relay, reply } => {
+            let _ = reply.send(router.set_data_relay(id, relay));
         }
         Command::Remove { id } => router.remove_participant(now, id),
         Command::Foreign { remote, local, data } => {
