@@ -731,6 +731,11 @@ impl Adapter {
             // Already relayed by the SFU to the room's data channels;
             // signalling's data messages travel over WebSocket instead.
             SfuEvent::Data { .. } => {}
+            // Dynacast: not yet carried to publishers (see the closing note
+            // of the SFU issue); the SFU keeps forwarding what arrives.
+            SfuEvent::LayersWanted { track, rids } => {
+                tracing::debug!(?track, ?rids, "layers wanted (dynacast not yet signalled)");
+            }
         }
     }
 
