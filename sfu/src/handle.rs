@@ -60,6 +60,7 @@ impl Sfu {
     /// the event stream.
     pub fn start(cfg: SfuConfig) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), Error> {
         let n = cfg.shards.clamp(1, 256);
+        ensure_unshared(cfg.listen, Type::DGRAM, "udp")?;
         let first = bind_udp(cfg.listen)?;
         // Port 0 means "pick one": the other shards must join the port the
         // first one got.
@@ -327,6 +328,31 @@ impl Drop for Sfu {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Fails if another socket holds `addr`. Our shards join the port with
+/// `SO_REUSEPORT`, which the kernel grants to any socket of the same user
+/// that also sets it, so a second SFU on the same port would start fine and
+/// silently get part of the first one's clients. A probe bind without the
+/// option fails while any socket holds the port, so it goes first (as the
+/// relay's `ensure_unshared`). Port 0 picks a free port and needs no probe.
+fn ensure_unshared(addr: SocketAddr, ty: Type, proto: &'static str) -> Result<(), Error> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = || -> std::io::Result<()> {
+        let s = Socket::new(Domain::for_address(addr), ty, None)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        if ty == Type::STREAM {
+            // TIME_WAIT leftovers of an earlier run are not a live owner.
+            s.set_reuse_address(true)?;
+        }
+        s.bind(&addr.into())
+        // The probe socket closes here, before the real bind.
+    };
+    probe().map_err(|source| Error::PortInUse { proto, addr, source })
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {

@@ -79,7 +79,9 @@
 //! # Sharding
 //! A room lives on one shard (hash of its name), so fan-out never crosses
 //! cores. All shards bind the media port with `SO_REUSEPORT`; the kernel
-//! hashes each 5-tuple to one of them. Our ICE ufrags start with the owning
+//! hashes each 5-tuple to one of them. Because that option would just as
+//! well let a second SFU process join the port, start-up first probes the
+//! port without it and refuses a port someone holds. Our ICE ufrags start with the owning
 //! shard's tag (`sNN`), so a shard that receives a check for another
 //! shard's peer hands it over and remembers the tuple, handing over that
 //! tuple's DTLS/SRTP too (a copy per datagram on that path; connected
@@ -117,6 +119,14 @@ pub enum Error {
     Panicked,
     #[error("the SFU is shut down")]
     Closed,
+    /// The media port is taken, possibly by another SFU process: joining it
+    /// with `SO_REUSEPORT` would split its clients between the two.
+    #[error("{proto} media port {addr} is in use: {source}")]
+    PortInUse {
+        proto: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
