@@ -1,0 +1,154 @@
+// Shared helpers of the sfu_*.mjs scripts, which tests/tests/sfu_browser.rs
+// runs inside a network namespace holding only `lo`, next to an rtc-server.
+//
+// Every script takes one JSON argument (at least `base`, the server's
+// http://127.0.0.1:PORT) and prints one JSON line: what it measured, or
+// `{"error": ..., "logs": [...]}`. Waits are bounded: a condition is polled
+// until it holds or its deadline passes, and a failure carries the last
+// sample. Chromium is the system one (/usr/bin/chromium or $CHROMIUM);
+// playwright never downloads a browser here.
+import { chromium } from 'playwright-core';
+
+export const cfg = JSON.parse(process.argv[2] ?? '{}');
+export const base = cfg.base;
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Console output of every page, for failure reports. */
+export const logs = [];
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      '--allow-loopback-in-peer-connection',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+}
+
+/** A page in its own context (a participant), with its console captured under `name`. */
+export async function newPage(browser, name, viewport = { width: 960, height: 600 }) {
+  const ctx = await browser.newContext({ viewport });
+  const page = await ctx.newPage();
+  page.on('console', (m) => logs.push(`${name}: ${m.type()} ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`${name}: pageerror ${e.message}`));
+  return page;
+}
+
+/** The demo page URL for `params` (room, identity, token, camera, mic, simulcast...). */
+export function demoUrl(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null) q.set(k, String(v));
+  return `${base}/?${q}`;
+}
+
+/** Opens the demo page and waits until it is connected. */
+export async function openDemo(page, params, timeout = 20000) {
+  await page.goto(demoUrl(params));
+  await page.waitForFunction(() => window.rtcDemo?.state === 'connected' || window.rtcDemo?.error, null, { timeout });
+  const st = await page.evaluate(() => ({ state: window.rtcDemo.state, error: window.rtcDemo.error }));
+  if (st.state !== 'connected') throw new Error(`demo page for ${params.identity} did not connect: ${JSON.stringify(st)}`);
+  return page;
+}
+
+/**
+ * Calls `sample()` every `every` ms until `done(sample)` holds; throws with
+ * the last sample when `timeoutMs` passes first. Returns the last sample.
+ */
+export async function pollUntil(what, sample, done, { timeoutMs = 30000, every = 250 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await sample();
+    if (done(last)) return last;
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last sample: ${JSON.stringify(last)}`);
+    }
+    await sleep(every);
+  }
+}
+
+/**
+ * In the page: getStats() of every subscribed remote track of the demo's
+ * room, keyed `identity/kind`: the inbound-rtp counters that show media
+ * arriving and being decoded.
+ */
+export async function inbound(page) {
+  return page.evaluate(async () => {
+    const room = window.rtcDemo?.room;
+    const out = {};
+    if (!room) return out;
+    for (const p of room.participants.values()) {
+      for (const pub of p.tracks.values()) {
+        const key = `${p.identity}/${pub.source}`;
+        const e = { sid: pub.sid, kind: pub.kind, muted: pub.muted, subscribed: pub.subscribed, bound: !!pub.receiver };
+        out[key] = e;
+        if (!pub.receiver) continue;
+        const stats = await pub.receiver.getStats();
+        stats.forEach((s) => {
+          if (s.type !== 'inbound-rtp') return;
+          e.packetsReceived = s.packetsReceived ?? 0;
+          e.bytesReceived = s.bytesReceived ?? 0;
+          if (s.kind === 'video') {
+            e.framesDecoded = s.framesDecoded ?? 0;
+            e.frameWidth = s.frameWidth ?? 0;
+            e.frameHeight = s.frameHeight ?? 0;
+          } else {
+            e.totalSamplesReceived = s.totalSamplesReceived ?? 0;
+            e.concealedSamples = s.concealedSamples ?? 0;
+            e.audioLevel = s.audioLevel ?? 0;
+          }
+        });
+      }
+    }
+    return out;
+  });
+}
+
+/** Whether every counter named `field` of `keys` rose from `before` to `after`. */
+export function rose(before, after, keys, field) {
+  return keys.every((k) => (after[k]?.[field] ?? 0) > (before[k]?.[field] ?? 0));
+}
+
+/**
+ * Runs `body(browser)` and prints its result as one JSON line; any
+ * exception becomes `{"error"}` with the pages' last console lines.
+ */
+export async function main(body) {
+  let result;
+  const browser = await launch();
+  try {
+    result = await body(browser);
+  } catch (e) {
+    result = { error: String((e && e.stack) || e) };
+  } finally {
+    result.logs = logs.slice(-40);
+    await browser.close().catch(() => {});
+  }
+  console.log(JSON.stringify(result));
+}
+
+/** A REST call to the server (inside the namespace, like the pages). */
+export async function rest(method, path, token, body) {
+  const res = await fetch(base + path, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {}
+  return { status: res.status, body: json ?? text };
+}

@@ -1,0 +1,285 @@
+//! Headless Chromium against the all-in-one `rtc-server` (signalling, SFU
+//! and embedded TURN relay): the demo page and the browser SDK in real
+//! calls, every assertion on `getStats()`.
+//!
+//! Each test creates a network namespace with only `lo`, starts rtc-server
+//! (development mode, so the demo page fetches its own tokens) and one
+//! Chromium inside it, and drives the browser with one of the
+//! tests/browser/sfu_*.mjs scripts (playwright-core, the system Chromium).
+//! The script polls its condition with a deadline and prints one JSON line;
+//! the assertions here read that line. The namespace, the server and the
+//! browser are removed on drop, on panic too.
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::{artifacts_dir, in_ci, require_tool, run_with_timeout, workspace_root, NetNs};
+use serde_json::{json, Value};
+
+/// Ports inside the test's own namespace: nothing else listens there.
+const HTTP_PORT: u16 = 8080;
+const MEDIA_PORT: u16 = 7882;
+const TURN_PORT: u16 = 3478;
+
+/// Chromium, node, ip and playwright-core, or a skip (outside CI) / failure (in CI).
+fn prerequisites() -> bool {
+    if !(require_tool("chromium") && require_tool("node") && require_tool("ip")) {
+        return false;
+    }
+    let pw = workspace_root().join("tests/browser/node_modules/playwright-core");
+    if !pw.is_dir() {
+        let msg = format!(
+            "{} is missing: run `npm ci` in tests/browser (tests/run does)",
+            pw.display()
+        );
+        if in_ci() {
+            panic!("{msg}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+        return false;
+    }
+    true
+}
+
+/// `target/debug/rtc-server`, which `cargo build --workspace --bins` (tests/run) builds.
+fn rtc_server_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let target = if target.is_relative() {
+        workspace_root().join(target)
+    } else {
+        target
+    };
+    let bin = target.join("debug").join("rtc-server");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it first with `cargo build -p signalling --bins` (tests/run does)",
+        bin.display()
+    );
+    bin
+}
+
+/// rtc-server in development mode inside its own namespace; both go on drop.
+struct Server {
+    child: Option<Child>,
+    log: PathBuf,
+    api_key: String,
+    api_secret: String,
+    // Dropped last: kills whatever still runs inside, then deletes it.
+    ns: NetNs,
+}
+
+impl Server {
+    fn start(tag: &str) -> Server {
+        let ns = NetNs::create();
+        let log = artifacts_dir().join(format!("rtc-server-{tag}-{}.log", ns.name));
+        let out = File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(rtc_server_bin())
+            .args([
+                "--http-listen",
+                &format!("127.0.0.1:{HTTP_PORT}"),
+                "--media-port",
+                &MEDIA_PORT.to_string(),
+                "--turn-listen",
+                &format!("127.0.0.1:{TURN_PORT}"),
+                "--turn-relay-ip",
+                "127.0.0.1",
+                // The peers of the relay test are on 127.0.0.1 too.
+                "--turn-allow-loopback-peers",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start rtc-server");
+        let mut server = Server {
+            child: Some(child),
+            log,
+            api_key: String::new(),
+            api_secret: String::new(),
+            ns,
+        };
+        // Ready once it has printed the demo URL (after every listener is up).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("development mode: API key ")) {
+                // "development mode: API key K, API secret S (this run only)"
+                let rest = line.trim_start_matches("development mode: API key ");
+                let (key, rest) = rest.split_once(", API secret ").expect("dev key line");
+                server.api_key = key.to_string();
+                server.api_secret = rest.split_whitespace().next().unwrap().to_string();
+            }
+            if text.lines().any(|l| l.starts_with("demo: http")) && !server.api_secret.is_empty() {
+                return server;
+            }
+            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("rtc-server exited with {status}:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rtc-server did not come up within 20 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{HTTP_PORT}")
+    }
+
+    /// A token minted with `rtc-server token` and the run's development key.
+    fn token(&self, room: Option<&str>, identity: Option<&str>, grants: &[&str]) -> String {
+        let mut cmd = Command::new(rtc_server_bin());
+        cmd.args([
+            "token",
+            "--api-key",
+            &self.api_key,
+            "--api-secret",
+            &self.api_secret,
+            "--ttl",
+            "10m",
+        ]);
+        if let Some(r) = room {
+            cmd.args(["--room", r]);
+        }
+        if let Some(i) = identity {
+            cmd.args(["--identity", i]);
+        }
+        for g in grants {
+            cmd.args(["--grant", g]);
+        }
+        let out = run_with_timeout(cmd, Duration::from_secs(20));
+        assert!(
+            out.status.success(),
+            "rtc-server token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Runs tests/browser/`script` inside the namespace with `cfg` (plus
+    /// `base`) and returns its JSON line; a script error fails the test.
+    fn run(&mut self, script: &str, mut cfg: Value) -> Value {
+        cfg["base"] = json!(self.base());
+        let path = workspace_root().join("tests/browser").join(script);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name, "node"])
+            .arg(&path)
+            .arg(cfg.to_string())
+            .env("HOME", std::env::temp_dir());
+        let started = Instant::now();
+        let out = run_with_timeout(cmd, Duration::from_secs(120));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{script} took {:?}", started.elapsed());
+        assert!(
+            out.status.success(),
+            "{script} failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("{script} printed no JSON:\n{stdout}\n{stderr}"));
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(e) = v.get("error") {
+            panic!(
+                "{script}: {}\n--- page console ---\n{}",
+                e.as_str().unwrap_or_default(),
+                v["logs"]
+                    .as_array()
+                    .map(|l| l.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
+                    .unwrap_or_default()
+            );
+        }
+        assert!(self.is_running(), "rtc-server died during {script}");
+        eprintln!("{script} result: {v:#}");
+        v
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- last lines of {} ---\n{}", self.log.display(), self.log_tail(60));
+        }
+        // `ns` drops next: it kills anything left inside (Chromium) and deletes itself.
+    }
+}
+
+fn u64_at(v: &Value, ptr: &str) -> u64 {
+    v.pointer(ptr).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Test 1: two peer connections, relay-only, with ICE servers from
+/// `POST /v1/turn/credentials`: the selected pairs are relay pairs on the
+/// embedded relay and both sides decode rising frame counts.
+#[test]
+fn relay_only_call_through_embedded_turn() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("relay");
+    let token = server.token(Some("relay"), Some("relay-user"), &[]);
+    let v = server.run("sfu_relay.mjs", json!({ "token": token, "timeoutMs": 30000 }));
+    let urls: Vec<String> = v["iceServers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["urls"].as_array().unwrap().iter())
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        urls.contains(&format!("turn:127.0.0.1:{TURN_PORT}?transport=udp")),
+        "the embedded relay is not among the ICE servers: {v:#}"
+    );
+    for pc in ["pc1", "pc2"] {
+        let samples: Vec<u64> = v["samples"][pc]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        assert!(
+            samples.last().copied().unwrap_or(0) >= 30 && samples.windows(2).any(|w| w[1] > w[0]),
+            "{pc}: framesDecoded not rising past 30: {samples:?}\n{v:#}"
+        );
+        let pair = &v["pairs"][pc];
+        assert!(pair.is_object(), "{pc} has no selected candidate pair: {v:#}");
+        for end in ["local", "remote"] {
+            assert_eq!(pair[end]["type"], "relay", "{pc} {end} candidate is not relayed: {v:#}");
+            assert_eq!(pair[end]["address"], "127.0.0.1", "{pc} {end} relayed address: {v:#}");
+        }
+        assert_eq!(
+            pair["local"]["url"],
+            format!("turn:127.0.0.1:{TURN_PORT}?transport=udp"),
+            "{pc} allocated on another server: {v:#}"
+        );
+    }
+    assert_eq!(v["connectionState"]["pc1"], "connected", "{v:#}");
+    assert_eq!(v["connectionState"]["pc2"], "connected", "{v:#}");
+}
