@@ -283,3 +283,30 @@ fn relay_only_call_through_embedded_turn() {
     assert_eq!(v["connectionState"]["pc1"], "connected", "{v:#}");
     assert_eq!(v["connectionState"]["pc2"], "connected", "{v:#}");
 }
+
+/// Test 2: three participants in one room through the SFU: each page
+/// decodes the other two's video and receives their audio.
+#[test]
+fn three_participants_decode_each_other() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("three");
+    let v = server.run("sfu_three.mjs", json!({ "room": "three", "timeoutMs": 40000 }));
+    let names = ["ann", "ben", "cat"];
+    for (i, me) in names.iter().enumerate() {
+        assert!(v["errors"][i].is_null(), "{me}'s page shows an error: {v:#}");
+        for other in names.iter().filter(|n| *n != me) {
+            let before = |k: &str| u64_at(&v, &format!("/before/{i}/{other}~1{k}"));
+            let after = |k: &str| u64_at(&v, &format!("/after/{i}/{other}~1{k}"));
+            assert!(
+                after("camera/framesDecoded") >= 10 && after("camera/framesDecoded") > before("camera/framesDecoded"),
+                "{me} does not decode {other}'s video: {v:#}"
+            );
+            assert!(
+                after("microphone/totalSamplesReceived") > before("microphone/totalSamplesReceived"),
+                "{me} does not receive {other}'s audio: {v:#}"
+            );
+        }
+    }
+}
