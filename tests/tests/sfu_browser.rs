@@ -310,3 +310,34 @@ fn three_participants_decode_each_other() {
         }
     }
 }
+
+/// Test 3: simulcast: the publisher sends three layers; the subscriber asks
+/// for q, then f, and its decoded frameWidth follows the layer asked for.
+#[test]
+fn simulcast_layer_follows_preference() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("simulcast");
+    let v = server.run("sfu_simulcast.mjs", json!({ "room": "simulcast", "timeoutMs": 30000 }));
+    let q = u64_at(&v, "/steps/q/received/frameWidth");
+    let f = u64_at(&v, "/steps/f/received/frameWidth");
+    assert_eq!(
+        q,
+        u64_at(&v, "/steps/q/sent/q/width"),
+        "q: decoded width is not the q layer's: {v:#}"
+    );
+    assert_eq!(
+        f,
+        u64_at(&v, "/steps/f/sent/f/width"),
+        "f: decoded width is not the f layer's: {v:#}"
+    );
+    assert!(q > 0 && f > q, "f ({f}) is not wider than q ({q}): {v:#}");
+    for layer in ["q", "f"] {
+        assert!(
+            u64_at(&v, &format!("/steps/{layer}/received/framesDecoded"))
+                > u64_at(&v, &format!("/steps/{layer}/prevFrames")),
+            "{layer}: framesDecoded not rising: {v:#}"
+        );
+    }
+}
