@@ -27,6 +27,10 @@ const SOCKET_BUF: usize = 4 << 20;
 pub struct SfuConfig {
     /// Where the media socket listens (all shards share the port).
     pub listen: SocketAddr,
+    /// Where ICE-TCP connections are accepted (RFC 6544 passive candidate,
+    /// for clients whose network blocks UDP); `None` = UDP only. Its IP is
+    /// advertised like `listen`'s (`advertise_ip` when set); port 0 picks one.
+    pub tcp_listen: Option<SocketAddr>,
     /// The IP clients reach us at, put in the host candidate. Needed when
     /// `listen` is a wildcard or behind NAT.
     pub advertise_ip: Option<IpAddr>,
@@ -40,6 +44,7 @@ impl Default for SfuConfig {
     fn default() -> Self {
         SfuConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tcp_listen: None,
             advertise_ip: None,
             shards: 1,
             initial_estimate_bps: 1_000_000,
@@ -53,6 +58,7 @@ pub struct Sfu {
     threads: Vec<JoinHandle<std::io::Result<()>>>,
     next_id: AtomicU64,
     local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
 }
 
 impl Sfu {
@@ -61,6 +67,9 @@ impl Sfu {
     pub fn start(cfg: SfuConfig) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), Error> {
         let n = cfg.shards.clamp(1, 256);
         ensure_unshared(cfg.listen, Type::DGRAM, "udp")?;
+        if let Some(addr) = cfg.tcp_listen {
+            ensure_unshared(addr, Type::STREAM, "tcp")?;
+        }
         let first = bind_udp(cfg.listen)?;
         // Port 0 means "pick one": the other shards must join the port the
         // first one got.
@@ -74,6 +83,24 @@ impl Sfu {
             return Err(Error::Candidate("a wildcard listen address needs advertise_ip".into()));
         }
         let local = SocketAddr::new(ip, bound.port());
+        let mut tcp_listeners = Vec::new();
+        let mut tcp_local = None;
+        if let Some(addr) = cfg.tcp_listen {
+            let first = bind_tcp(addr)?;
+            let bound = first.local_addr()?;
+            tcp_listeners.push(first);
+            for _ in 1..n {
+                tcp_listeners.push(bind_tcp(bound)?);
+            }
+            let ip = cfg.advertise_ip.unwrap_or(bound.ip());
+            if ip.is_unspecified() {
+                return Err(Error::Candidate(
+                    "a wildcard TCP listen address needs advertise_ip".into(),
+                ));
+            }
+            tcp_local = Some(SocketAddr::new(ip, bound.port()));
+        }
+        let mut tcp_listeners = tcp_listeners.into_iter();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let mut senders = Vec::new();
         let mut receivers = Vec::new();
@@ -88,6 +115,7 @@ impl Sfu {
                 shard: index,
                 peer: PeerConfig {
                     candidates: vec![local],
+                    tcp_candidates: tcp_local.into_iter().collect(),
                     initial_estimate: Bitrate::bps(cfg.initial_estimate_bps),
                 },
             });
@@ -96,6 +124,7 @@ impl Sfu {
                 router,
                 socket,
                 local,
+                tcp: tcp_listeners.next().zip(tcp_local),
                 commands,
                 peers: senders.clone(),
                 events: ev_tx.clone(),
@@ -111,6 +140,7 @@ impl Sfu {
                 threads,
                 next_id: AtomicU64::new(1),
                 local,
+                tcp_local,
             },
             ev_rx,
         ))
@@ -119,6 +149,12 @@ impl Sfu {
     /// The media address clients are told (host candidate).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The ICE-TCP address clients are told (passive TCP host candidate),
+    /// when TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_local
     }
 
     fn shard_of_room(&self, room: &str) -> usize {
@@ -365,5 +401,21 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let _ = s.set_send_buffer_size(SOCKET_BUF);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// One shard's share of the ICE-TCP port (`SO_REUSEPORT`, like the UDP
+/// sockets; [`ensure_unshared`] ran first).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    // TIME_WAIT connections of an earlier run must not block a restart.
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
     Ok(s.into())
 }

@@ -42,6 +42,15 @@
 //!   candidate address, or `Input::Timeout(now)`; output is drained with
 //!   `poll_output` until `Output::Timeout`, after every input (in RTP mode a
 //!   received packet waits in a one-slot buffer for that poll).
+//! - ICE-TCP ([`tcp`]): each peer also gets a passive TCP host candidate
+//!   (`Candidate::builder().tcp().host(addr).tcptype(TcpType::Passive)`,
+//!   which str0m writes as `tcptype passive`); frames of a connection go in
+//!   as `Receive { proto: Protocol::Tcp, .. }` with the connection's remote
+//!   address as `source`, and str0m answers on the same protocol, so
+//!   `Transmit::proto` says whether a packet goes to the UDP batch or, framed,
+//!   to the connection whose remote address is its `destination`. str0m's
+//!   ICE agent pairs by protocol only (it ignores tcptype), which is all an
+//!   ICE-lite server needs.
 //! - Events used: `Connected`, `IceConnectionStateChange`, `MediaAdded`
 //!   (mid, kind, direction, simulcast rids), `RtpPacket`, `KeyframeRequest`
 //!   (PLI/FIR from a subscriber, for its mid), `EgressBitrateEstimate(
@@ -92,6 +101,7 @@ pub mod mux;
 pub mod participant;
 pub mod router;
 pub mod shard;
+pub mod tcp;
 
 pub use handle::{Sfu, SfuConfig};
 pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};

@@ -8,10 +8,18 @@
 //! `SO_REUSEPORT` hash delivered to the wrong shard can be handed over.
 //! Anything else from an unknown tuple is dropped (DTLS and SRTP from a
 //! tuple ICE never validated would be refused by str0m anyway).
+//!
+//! ICE-TCP connections are routed the same way (their first frame is a
+//! check), keyed apart from UDP tuples by the protocol, but never handed
+//! over: the TCP acceptor already gave the connection to the owning shard.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use relay::stun::{attr, Class, Message, Method};
+use str0m::net::Protocol;
+
+/// A transport tuple as the mux knows it: protocol, remote, local.
+pub type Tuple = (Protocol, SocketAddr, SocketAddr);
 
 /// Index of a peer in its shard's slab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,8 +55,7 @@ pub fn shard_of_ufrag(ufrag: &str) -> Option<usize> {
 #[derive(Default)]
 pub struct Mux {
     shard: usize,
-    /// (remote, local) -> peer.
-    by_tuple: HashMap<(SocketAddr, SocketAddr), PeerId>,
+    by_tuple: HashMap<Tuple, PeerId>,
     by_ufrag: HashMap<String, PeerId>,
     /// Tuples whose checks were handed to another shard: the kernel's
     /// `SO_REUSEPORT` hash sends all of a tuple's datagrams here, so its
@@ -72,28 +79,48 @@ impl Mux {
         self.by_ufrag.insert(ufrag.to_string(), peer);
     }
 
-    /// Forgets a peer and every tuple it was reached on.
-    pub fn remove_peer(&mut self, ufrag: &str, tuples: &[(SocketAddr, SocketAddr)]) {
-        self.by_ufrag.remove(ufrag);
+    /// Forgets a peer and every tuple it was reached on (a tuple another
+    /// peer has taken over since stays).
+    pub fn remove_peer(&mut self, ufrag: &str, peer: PeerId, tuples: &[Tuple]) {
+        if self.by_ufrag.get(ufrag) == Some(&peer) {
+            self.by_ufrag.remove(ufrag);
+        }
         for t in tuples {
-            self.by_tuple.remove(t);
+            self.forget(t, peer);
         }
     }
 
-    /// Routes a datagram that arrived from `remote` at `local`. A STUN
+    /// Forgets one tuple of `peer` (a closed TCP connection, whose remote
+    /// port a new connection may reuse).
+    pub fn forget(&mut self, tuple: &Tuple, peer: PeerId) {
+        if self.by_tuple.get(tuple) == Some(&peer) {
+            self.by_tuple.remove(tuple);
+        }
+    }
+
+    /// The peer a tuple is routed to.
+    pub fn peer_of(&self, tuple: &Tuple) -> Option<PeerId> {
+        self.by_tuple.get(tuple).copied()
+    }
+
+    /// Routes a packet that arrived from `remote` at `local`. A STUN
     /// request from a new tuple teaches the table that tuple, so the peer's
     /// DTLS and SRTP that follow take the fast path.
-    pub fn route(&mut self, remote: SocketAddr, local: SocketAddr, data: &[u8]) -> Route {
-        if let Some(&peer) = self.by_tuple.get(&(remote, local)) {
+    pub fn route(&mut self, proto: Protocol, remote: SocketAddr, local: SocketAddr, data: &[u8]) -> Route {
+        let tuple = (proto, remote, local);
+        if let Some(&peer) = self.by_tuple.get(&tuple) {
             return Route::Local { peer, new_tuple: false };
         }
         let Some(ufrag) = stun_server_ufrag(data) else {
             return match self.foreign.get(&(remote, local)) {
-                Some(&s) => Route::Shard(s),
-                None => Route::Drop,
+                Some(&s) if proto == Protocol::Udp => Route::Shard(s),
+                _ => Route::Drop,
             };
         };
         match shard_of_ufrag(ufrag) {
+            // A TCP connection cannot move by datagram; it was handed to
+            // this shard for another ufrag of ours.
+            Some(s) if s != self.shard && proto != Protocol::Udp => return Route::Drop,
             Some(s) if s != self.shard => {
                 if self.foreign.len() >= MAX_FOREIGN {
                     self.foreign.clear();
@@ -107,7 +134,7 @@ impl Mux {
         let Some(&peer) = self.by_ufrag.get(ufrag) else {
             return Route::Drop;
         };
-        self.by_tuple.insert((remote, local), peer);
+        self.by_tuple.insert(tuple, peer);
         Route::Local { peer, new_tuple: true }
     }
 
@@ -153,10 +180,10 @@ mod tests {
         let remote: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         // Unknown tuple, not STUN: dropped.
-        assert_eq!(mux.route(remote, local, &[0x80, 0, 0, 0]), Route::Drop);
+        assert_eq!(mux.route(Protocol::Udp, remote, local, &[0x80, 0, 0, 0]), Route::Drop);
         let check = binding("s01abcd:theirs");
         assert_eq!(
-            mux.route(remote, local, &check),
+            mux.route(Protocol::Udp, remote, local, &check),
             Route::Local {
                 peer: PeerId(3),
                 new_tuple: true
@@ -164,7 +191,7 @@ mod tests {
         );
         // Now the tuple alone routes, whatever the payload.
         assert_eq!(
-            mux.route(remote, local, &[0x80, 0, 0, 0]),
+            mux.route(Protocol::Udp, remote, local, &[0x80, 0, 0, 0]),
             Route::Local {
                 peer: PeerId(3),
                 new_tuple: false
@@ -172,14 +199,50 @@ mod tests {
         );
         // Another shard's ufrag is handed over, an unknown one dropped.
         let other: SocketAddr = "127.0.0.1:5001".parse().unwrap();
-        assert_eq!(mux.route(other, local, &binding("s02zzzz:x")), Route::Shard(2));
+        assert_eq!(
+            mux.route(Protocol::Udp, other, local, &binding("s02zzzz:x")),
+            Route::Shard(2)
+        );
         // ... and so is the DTLS that follows on that tuple.
-        assert_eq!(mux.route(other, local, &[22, 0xfe, 0xfd]), Route::Shard(2));
+        assert_eq!(
+            mux.route(Protocol::Udp, other, local, &[22, 0xfe, 0xfd]),
+            Route::Shard(2)
+        );
         let third: SocketAddr = "127.0.0.1:5002".parse().unwrap();
-        assert_eq!(mux.route(third, local, &binding("s01zzzz:x")), Route::Drop);
-        assert_eq!(mux.route(third, local, &binding("nope:x")), Route::Drop);
-        mux.remove_peer("s01abcd", &[(remote, local)]);
-        assert_eq!(mux.route(remote, local, &[0x80, 0, 0, 0]), Route::Drop);
+        assert_eq!(
+            mux.route(Protocol::Udp, third, local, &binding("s01zzzz:x")),
+            Route::Drop
+        );
+        assert_eq!(mux.route(Protocol::Udp, third, local, &binding("nope:x")), Route::Drop);
+        mux.remove_peer("s01abcd", PeerId(3), &[(Protocol::Udp, remote, local)]);
+        assert_eq!(mux.route(Protocol::Udp, remote, local, &[0x80, 0, 0, 0]), Route::Drop);
+    }
+
+    #[test]
+    fn tcp_tuples_are_apart_from_udp_and_never_handed_over() {
+        let mut mux = Mux::new(1);
+        mux.add_peer("s01abcd", PeerId(3));
+        let remote: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let check = binding("s01abcd:theirs");
+        assert!(matches!(
+            mux.route(Protocol::Tcp, remote, local, &check),
+            Route::Local { new_tuple: true, .. }
+        ));
+        // The same addresses over UDP are another tuple.
+        assert_eq!(mux.route(Protocol::Udp, remote, local, &[0x80, 0, 0, 0]), Route::Drop);
+        assert_eq!(mux.peer_of(&(Protocol::Tcp, remote, local)), Some(PeerId(3)));
+        // Another shard's check on a TCP connection is dropped.
+        let other: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        assert_eq!(
+            mux.route(Protocol::Tcp, other, local, &binding("s02zzzz:x")),
+            Route::Drop
+        );
+        // A closed connection is forgotten, but only for its own peer.
+        mux.forget(&(Protocol::Tcp, remote, local), PeerId(4));
+        assert_eq!(mux.peer_of(&(Protocol::Tcp, remote, local)), Some(PeerId(3)));
+        mux.forget(&(Protocol::Tcp, remote, local), PeerId(3));
+        assert_eq!(mux.route(Protocol::Tcp, remote, local, &[0x80, 0, 0, 0]), Route::Drop);
     }
 
     #[test]
@@ -192,7 +255,7 @@ mod tests {
             &[0u8; 20][..],
             &[1, 1, 0, 4, 0x21, 0x12, 0xa4, 0x42][..],
         ] {
-            assert_eq!(mux.route(a, a, data), Route::Drop);
+            assert_eq!(mux.route(Protocol::Udp, a, a, data), Route::Drop);
         }
     }
 }

@@ -17,10 +17,11 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 
+use crate::mux::Tuple;
 use crate::Error;
 
 /// Which of a participant's two peer connections this is.
@@ -106,6 +107,9 @@ pub struct PeerConfig {
     /// Host candidates to advertise (the media socket's address as clients
     /// reach it).
     pub candidates: Vec<SocketAddr>,
+    /// Passive ICE-TCP host candidates (RFC 6544): the TCP listener's
+    /// address as clients reach it, for networks that block UDP.
+    pub tcp_candidates: Vec<SocketAddr>,
     /// Start value of the TWCC estimator for subscriber connections.
     pub initial_estimate: Bitrate,
 }
@@ -124,8 +128,8 @@ pub struct Peer {
     rx_streams: HashMap<Ssrc, (Mid, Option<Rid>)>,
     /// The subscriber connection's offer waiting for the client's answer.
     pub pending_offer: Option<SdpPendingOffer>,
-    /// The 5-tuples this peer was reached on (to unregister from the mux).
-    pub tuples: Vec<(SocketAddr, SocketAddr)>,
+    /// The tuples this peer was reached on (to unregister from the mux).
+    pub tuples: Vec<Tuple>,
 }
 
 impl Peer {
@@ -145,6 +149,18 @@ impl Peer {
         let mut rtc = catch_unwind(AssertUnwindSafe(|| config.build(now))).map_err(|_| Error::Panicked)?;
         for addr in &cfg.candidates {
             let c = Candidate::host(*addr, "udp").map_err(|e| Error::Candidate(e.to_string()))?;
+            rtc.add_local_candidate(c);
+        }
+        for addr in &cfg.tcp_candidates {
+            // We only accept connections: `tcptype passive` tells the client
+            // to connect (the port is the real one, not RFC 6544's 9, since
+            // the client needs it).
+            let c = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| Error::Candidate(e.to_string()))?;
             rtc.add_local_candidate(c);
         }
         Ok(Peer {
@@ -181,16 +197,16 @@ impl Peer {
         }
     }
 
-    /// Feeds one datagram. Malformed input is dropped, not an error: the
-    /// network is untrusted.
-    pub fn receive(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+    /// Feeds one datagram (or ICE-TCP frame, `proto` says which). Malformed
+    /// input is dropped, not an error: the network is untrusted.
+    pub fn receive(&mut self, now: Instant, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
         let Ok(contents) = data.try_into() else {
             return;
         };
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
                 destination,
                 contents,
@@ -362,6 +378,7 @@ mod tests {
         let now = Instant::now();
         let cfg = PeerConfig {
             candidates: vec!["127.0.0.1:7000".parse().unwrap()],
+            tcp_candidates: vec!["127.0.0.1:7000".parse().unwrap()],
             initial_estimate: Bitrate::kbps(500),
         };
         let mut bad = Peer::new(now, Role::Publisher, &cfg, "s00").unwrap();

@@ -16,7 +16,7 @@ use str0m::bwe::Bitrate;
 use str0m::channel::ChannelId;
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
-use str0m::net::Transmit;
+use str0m::net::{Protocol, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
 use crate::allocator::{allocate, Allocation, AllocationState, TrackDemand, TrackKind};
@@ -373,7 +373,7 @@ impl Router {
 
     fn remove_peer(&mut self, id: PeerId) {
         if let Some(slot) = self.peers.get_mut(id.0 as usize).and_then(Option::take) {
-            self.mux.remove_peer(&slot.peer.ufrag, &slot.peer.tuples);
+            self.mux.remove_peer(&slot.peer.ufrag, id, &slot.peer.tuples);
             self.free.push(id.0);
         }
     }
@@ -829,15 +829,53 @@ impl Router {
         data: &[u8],
         tx: &mut dyn FnMut(&Transmit),
     ) -> Route {
-        let route = self.mux.route(remote, local, data);
+        self.handle_packet(now, Protocol::Udp, remote, local, data, tx)
+    }
+
+    /// One RFC 4571 frame (length prefix removed) of an ICE-TCP connection
+    /// from `remote` to our TCP candidate `local`. Never routes to another
+    /// shard: the acceptor gave the connection to its owner.
+    pub fn handle_tcp_frame(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+        tx: &mut dyn FnMut(&Transmit),
+    ) -> Route {
+        self.handle_packet(now, Protocol::Tcp, remote, local, data, tx)
+    }
+
+    /// An ICE-TCP connection closed: its tuple no longer names a peer (a
+    /// new connection may reuse the remote port).
+    pub fn tcp_closed(&mut self, remote: SocketAddr, local: SocketAddr) {
+        let tuple = (Protocol::Tcp, remote, local);
+        if let Some(peer) = self.mux.peer_of(&tuple) {
+            self.mux.forget(&tuple, peer);
+            if let Some(p) = self.peer_mut(peer) {
+                p.tuples.retain(|t| *t != tuple);
+            }
+        }
+    }
+
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        remote: SocketAddr,
+        local: SocketAddr,
+        data: &[u8],
+        tx: &mut dyn FnMut(&Transmit),
+    ) -> Route {
+        let route = self.mux.route(proto, remote, local, data);
         if let Route::Local { peer, new_tuple } = route {
             let Some(p) = self.peer_mut(peer) else {
                 return Route::Drop;
             };
             if new_tuple {
-                p.tuples.push((remote, local));
+                p.tuples.push((proto, remote, local));
             }
-            p.receive(now, remote, local, data);
+            p.receive(now, proto, remote, local, data);
             self.drain_peer(now, peer, tx);
             self.settle(now, tx);
         }

@@ -1,25 +1,31 @@
 //! One shard: a thread with a current-thread tokio runtime that owns a
 //! [`Router`], its `SO_REUSEPORT` share of the media port and a command
-//! queue from the control plane.
+//! queue from the control plane, and, with ICE-TCP on, its share of the TCP
+//! port and the TCP connections of its peers ([`crate::tcp`]).
 //!
-//! A single task owns everything, so nothing is shared or locked: it waits
-//! for the socket, a command or the router's next timer, handles whichever
-//! came, then flushes the datagrams the router produced as one batch (GSO
-//! for same-destination runs).
+//! A single task owns the router, so nothing is shared or locked: it waits
+//! for the socket, a command, a chunk of TCP frames or the router's next
+//! timer, handles whichever came, then flushes the datagrams the router
+//! produced as one batch (GSO for same-destination runs) and the TCP bytes
+//! to their connections. The TCP acceptor and readers are tasks of the same
+//! thread that only pass bytes in.
 use std::cell::Cell;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use str0m::media::Rid;
+use str0m::net::Protocol;
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mux::Route;
 use crate::participant::Role;
 use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, SfuEvent, TrackId};
+use crate::tcp::{accept_loop, frames, TcpConns, TcpIn, INBOX};
 use crate::Error;
 
 /// Largest datagram (or GRO train) one receive slot holds.
@@ -120,6 +126,14 @@ pub enum Command {
         local: SocketAddr,
         data: Vec<u8>,
     },
+    /// An ICE-TCP connection whose first check named one of our peers,
+    /// with the bytes the acceptor read from it (that check and whatever
+    /// followed).
+    TcpConn {
+        stream: std::net::TcpStream,
+        remote: SocketAddr,
+        buffered: Vec<u8>,
+    },
     Stop,
 }
 
@@ -130,6 +144,9 @@ pub struct ShardInit {
     pub socket: std::net::UdpSocket,
     /// The address str0m knows the socket by (the advertised candidate).
     pub local: SocketAddr,
+    /// This shard's share of the ICE-TCP port and the address str0m knows
+    /// it by (the advertised TCP candidate).
+    pub tcp: Option<(std::net::TcpListener, SocketAddr)>,
     pub commands: mpsc::UnboundedReceiver<Command>,
     /// Every shard's queue (this one's included), for handovers.
     pub peers: Vec<mpsc::UnboundedSender<Command>>,
@@ -150,6 +167,7 @@ async fn run(init: ShardInit) -> io::Result<()> {
         mut router,
         socket,
         local,
+        tcp: tcp_init,
         mut commands,
         peers,
         events,
@@ -159,6 +177,14 @@ async fn run(init: ShardInit) -> io::Result<()> {
     let mut rx = RecvBufs::new();
     let mut tx = TxBatch::new();
     let dropped = Cell::new(0u64);
+    let (inbox_tx, mut inbox) = mpsc::channel(INBOX);
+    let mut tcp = TcpConns::new(inbox_tx);
+    let mut tcp_local = None;
+    if let Some((listener, addr)) = tcp_init {
+        let listener = TcpListener::from_std(listener)?;
+        tokio::spawn(accept_loop(listener, Arc::from(peers.clone())));
+        tcp_local = Some(addr);
+    }
     loop {
         let now = Instant::now();
         let deadline = router.poll_timeout(now);
@@ -180,7 +206,7 @@ async fn run(init: ShardInit) -> io::Result<()> {
                         let buf = rx.slot(i);
                         for seg in segments(&meta) {
                             let data = &buf[seg];
-                            let mut sink = |t: &str0m::net::Transmit| tx.push(t.destination, &t.contents);
+                            let mut sink = sink(&mut tx, &mut tcp);
                             let route = router.handle_datagram(now, meta.addr, local, data, &mut sink);
                             if let Route::Shard(s) = route {
                                 if s != index {
@@ -194,26 +220,59 @@ async fn run(init: ShardInit) -> io::Result<()> {
                         }
                     }
                     tx.flush(&state, &sock, &dropped);
+                    tcp.flush();
                 }
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return Ok(()) };
                 let now = Instant::now();
-                let mut sink = |t: &str0m::net::Transmit| tx.push(t.destination, &t.contents);
-                if !handle_command(&mut router, now, cmd, &mut sink) {
+                if let Command::TcpConn { stream, remote, buffered } = cmd {
+                    if let Err(e) = tcp.adopt(stream, remote, buffered) {
+                        tracing::debug!(%remote, error = %e, "ICE-TCP connection not adopted");
+                    }
+                } else if !handle_command(&mut router, now, cmd, &mut sink(&mut tx, &mut tcp)) {
                     return Ok(());
                 }
             }
+            Some(msg) = inbox.recv() => {
+                let now = Instant::now();
+                match msg {
+                    TcpIn::Frames { id, remote, data } => {
+                        if let (Some(local), true) = (tcp_local, tcp.is_current(id, remote)) {
+                            for frame in frames(&data) {
+                                router.handle_tcp_frame(now, remote, local, frame, &mut sink(&mut tx, &mut tcp));
+                            }
+                        }
+                        tcp.recycle(id, remote, data);
+                    }
+                    TcpIn::Closed { id, remote } => {
+                        if let (Some(local), true) = (tcp_local, tcp.close(id, remote)) {
+                            router.tcp_closed(remote, local);
+                        }
+                    }
+                }
+            }
+            // Only armed while bytes wait, so an idle shard never polls it.
+            _ = tcp.writable(), if tcp.has_pending() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
-                let mut sink = |t: &str0m::net::Transmit| tx.push(t.destination, &t.contents);
-                router.handle_timeout(Instant::now(), &mut sink);
+                router.handle_timeout(Instant::now(), &mut sink(&mut tx, &mut tcp));
             }
         }
         tx.flush(&state, &sock, &dropped);
+        tcp.flush();
         while let Some(ev) = router.poll_event() {
             // Unbounded so the data plane never waits on the control plane.
             let _ = events.send(ev);
         }
+    }
+}
+
+/// Where the router's output goes: UDP datagrams to the send batch, ICE-TCP
+/// packets to their connection.
+fn sink<'a>(tx: &'a mut TxBatch, tcp: &'a mut TcpConns) -> impl FnMut(&str0m::net::Transmit) + 'a {
+    move |t| match t.proto {
+        Protocol::Udp => tx.push(t.destination, &t.contents),
+        _ => tcp.push(t.destination, &t.contents),
     }
 }
 
@@ -309,6 +368,8 @@ fn handle_command(router: &mut Router, now: Instant, cmd: Command, tx: &mut dyn 
         Command::Foreign { remote, local, data } => {
             router.handle_datagram(now, remote, local, &data, tx);
         }
+        // The loop adopts connections itself (it owns the TCP table).
+        Command::TcpConn { .. } => {}
         Command::Stop => return false,
     }
     true

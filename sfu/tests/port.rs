@@ -35,3 +35,23 @@ fn a_second_sfu_on_the_same_port_is_refused() {
     assert_eq!(again.local_addr(), taken);
     again.shutdown();
 }
+
+#[test]
+fn the_ice_tcp_port_is_guarded_too() {
+    let (first, _events) = Sfu::start(SfuConfig {
+        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    let taken = first.tcp_addr().unwrap();
+    let second = Sfu::start(SfuConfig {
+        tcp_listen: Some(taken),
+        ..Default::default()
+    });
+    assert!(
+        matches!(&second, Err(Error::PortInUse { proto: "tcp", addr, .. }) if *addr == taken),
+        "{:?}",
+        second.err()
+    );
+    first.shutdown();
+}

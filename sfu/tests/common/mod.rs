@@ -145,6 +145,7 @@ impl Net {
             shard: 0,
             peer: PeerConfig {
                 candidates: vec![sfu_addr],
+                tcp_candidates: Vec::new(),
                 initial_estimate: Bitrate::kbps(1_000),
             },
         });

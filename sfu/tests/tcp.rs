@@ -1,0 +1,293 @@
+//! ICE over TCP end to end, over real loopback sockets: a str0m publisher
+//! whose only candidate is TCP (RFC 6544 active; the framing, RFC 4571, is
+//! written here rather than borrowed from the SFU, so the two are checked
+//! against each other) and a UDP subscriber. Timeouts are generous bounds,
+//! not measurements.
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfu::{Sfu, SfuConfig, SfuEvent, TrackId};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive, TcpType};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+enum Transport {
+    Udp(UdpSocket),
+    /// The connection and the bytes read but not yet a whole frame.
+    Tcp(TcpStream, Vec<u8>),
+}
+
+struct Client {
+    rtc: Rtc,
+    net: Transport,
+    addr: SocketAddr,
+    rtp: Vec<(u32, Vec<u8>)>,
+    connected: bool,
+    tcp_sent: usize,
+}
+
+fn rtc() -> Rtc {
+    RtcConfig::new()
+        .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+        .set_rtp_mode(true)
+        .build(Instant::now())
+}
+
+impl Client {
+    fn udp() -> Client {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let mut rtc = rtc();
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        Client::new(rtc, Transport::Udp(sock), addr)
+    }
+
+    /// Connects to the SFU's TCP port first (an active candidate names the
+    /// connection's own address, which exists only once connected).
+    fn tcp(server: SocketAddr) -> Client {
+        let stream = TcpStream::connect(server).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let addr = stream.local_addr().unwrap();
+        let mut rtc = rtc();
+        let c = Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(TcpType::Active)
+            .build()
+            .unwrap();
+        rtc.add_local_candidate(c);
+        Client::new(rtc, Transport::Tcp(stream, Vec::new()), addr)
+    }
+
+    fn new(rtc: Rtc, net: Transport, addr: SocketAddr) -> Client {
+        Client {
+            rtc,
+            net,
+            addr,
+            rtp: Vec::new(),
+            connected: false,
+            tcp_sent: 0,
+        }
+    }
+
+    fn input(&mut self, proto: Protocol, from: SocketAddr, data: &[u8]) {
+        let Ok(contents) = data.try_into() else { return };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto,
+                source: from,
+                destination: self.addr,
+                contents,
+            },
+        );
+        self.rtc.handle_input(input).unwrap();
+    }
+
+    /// Feeds what arrived, fires timers, sends what is due.
+    fn pump(&mut self) {
+        let mut buf = [0u8; 4096];
+        match &mut self.net {
+            Transport::Udp(sock) => {
+                let mut got = Vec::new();
+                while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    got.push((from, buf[..n].to_vec()));
+                }
+                for (from, d) in got {
+                    self.input(Protocol::Udp, from, &d);
+                }
+            }
+            Transport::Tcp(stream, pending) => {
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => panic!("the SFU closed the TCP connection"),
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("TCP read: {e}"),
+                    }
+                }
+                let from = stream.peer_addr().unwrap();
+                let mut frames = Vec::new();
+                while pending.len() >= 2 {
+                    let len = usize::from(u16::from_be_bytes([pending[0], pending[1]]));
+                    if pending.len() < 2 + len {
+                        break;
+                    }
+                    frames.push(pending[2..2 + len].to_vec());
+                    pending.drain(..2 + len);
+                }
+                for f in frames {
+                    self.input(Protocol::Tcp, from, &f);
+                }
+            }
+        }
+        self.rtc.handle_input(Input::Timeout(Instant::now())).unwrap();
+        loop {
+            match self.rtc.poll_output().unwrap() {
+                Output::Timeout(_) => break,
+                Output::Transmit(t) => match &mut self.net {
+                    Transport::Udp(sock) => {
+                        let _ = sock.send_to(&t.contents, t.destination);
+                    }
+                    Transport::Tcp(stream, _) => {
+                        assert_eq!(t.proto, Protocol::Tcp, "a TCP-only client sends over TCP");
+                        let mut framed = u16::try_from(t.contents.len()).unwrap().to_be_bytes().to_vec();
+                        framed.extend_from_slice(&t.contents);
+                        write_all(stream, &framed);
+                        self.tcp_sent += 1;
+                    }
+                },
+                Output::Event(Event::Connected) => self.connected = true,
+                Output::Event(Event::RtpPacket(p)) => self.rtp.push((*p.header.ssrc, p.payload.to_vec())),
+                Output::Event(_) => {}
+            }
+        }
+    }
+}
+
+/// A blocking write on the non-blocking stream, bounded in time.
+fn write_all(stream: &mut TcpStream, mut data: &[u8]) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !data.is_empty() {
+        match stream.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("TCP write: {e}"),
+        }
+    }
+}
+
+fn pump_until(clients: &mut [&mut Client], max: Duration, mut f: impl FnMut(&mut [&mut Client]) -> bool) -> bool {
+    let end = Instant::now() + max;
+    while Instant::now() < end {
+        for c in clients.iter_mut() {
+            c.pump();
+        }
+        if f(clients) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn next_event(events: &mut UnboundedReceiver<SfuEvent>, mut f: impl FnMut(&SfuEvent) -> bool) -> Option<SfuEvent> {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        match events.try_recv() {
+            Ok(e) if f(&e) => return Some(e),
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_tcp_only_publisher_reaches_a_udp_subscriber() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Two shards: the kernel may hand the connection to either, and the
+    // one that accepted it passes it to the room's shard.
+    let (sfu, mut events) = Sfu::start(SfuConfig {
+        shards: 2,
+        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    })
+    .unwrap();
+    let tcp_addr = sfu.tcp_addr().expect("TCP is on");
+    let alice = rt.block_on(sfu.create_participant("tcp")).unwrap().id;
+    let bob = rt.block_on(sfu.create_participant("tcp")).unwrap().id;
+
+    let mut a = Client::tcp(tcp_addr);
+    let mut b = Client::udp();
+    let mut api = a.rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let answer = rt.block_on(sfu.offer(alice, offer.to_sdp_string())).unwrap();
+    let tcp_line = format!("{} {} typ host tcptype passive", tcp_addr.ip(), tcp_addr.port());
+    assert!(
+        answer.contains(&tcp_line),
+        "answer lacks the passive TCP candidate:\n{answer}"
+    );
+    a.rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    assert!(
+        pump_until(&mut [&mut a], Duration::from_secs(10), |c| c[0].connected),
+        "publisher connects over TCP"
+    );
+    assert!(
+        next_event(
+            &mut events,
+            |e| matches!(e, SfuEvent::Connected { participant, .. } if *participant == alice)
+        )
+        .is_some(),
+        "the SFU sees the publisher connected"
+    );
+
+    let track = TrackId { publisher: alice, mid };
+    assert!(next_event(
+        &mut events,
+        |e| matches!(e, SfuEvent::TrackPublished { track: t, .. } if *t == track)
+    )
+    .is_some());
+    rt.block_on(sfu.subscribe(bob, track)).unwrap();
+    let Some(SfuEvent::Offer { sdp, .. }) = next_event(
+        &mut events,
+        |e| matches!(e, SfuEvent::Offer { participant, .. } if *participant == bob),
+    ) else {
+        panic!("no subscriber offer");
+    };
+    let answer = b
+        .rtc
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap())
+        .unwrap();
+    rt.block_on(sfu.answer(bob, answer.to_sdp_string())).unwrap();
+    assert!(
+        pump_until(&mut [&mut a, &mut b], Duration::from_secs(10), |c| c[1].connected),
+        "subscriber connects over UDP"
+    );
+
+    let pt = a
+        .rtc
+        .codec_config()
+        .find(|p| p.spec().codec == Codec::Vp8)
+        .unwrap()
+        .pt();
+    let sent_before = a.tcp_sent;
+    let mut sent = 0u64;
+    let ok = pump_until(&mut [&mut a, &mut b], Duration::from_secs(10), |c| {
+        if sent < 200 {
+            let mut api = c[0].rtc.direct_api();
+            let s = api.stream_tx_by_mid(mid, None).unwrap();
+            // A VP8 keyframe descriptor start, so the subscriber's first
+            // packet is decodable and the SFU forwards at once.
+            let payload = vec![0x10, 0, sent as u8, 7, 7, 7];
+            s.write_rtp(
+                RtpWrite::new(pt, (100 + sent).into(), 3000 * sent as u32, Instant::now(), payload).marker(true),
+            );
+            sent += 1;
+        }
+        c[1].rtp.len() >= 20
+    });
+    assert!(ok, "subscriber received {} packets", b.rtp.len());
+    assert!(b.rtp.iter().all(|(_, p)| p[0] == 0x10 && p[3..] == [7, 7, 7]));
+    assert!(a.tcp_sent > sent_before, "the media went over TCP");
+    sfu.remove_participant(alice);
+    sfu.shutdown();
+}
