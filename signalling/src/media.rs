@@ -121,6 +121,14 @@ pub enum MediaEvent {
         room: String,
         updates: Vec<QualityInfo>,
     },
+    /// Dynacast: the simulcast layers of the publisher's `track_sid` that
+    /// some subscriber needs, lowest first; the publisher may stop encoding
+    /// the others. Empty = nobody needs any (every layer may stop).
+    LayersWanted {
+        participant: ParticipantRef,
+        track_sid: String,
+        qualities: Vec<Quality>,
+    },
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

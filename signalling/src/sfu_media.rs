@@ -445,6 +445,22 @@ impl Adapter {
                 tracing::debug!(track_sid, error = %e, "SFU mute failed");
             }
         }
+        // A new SFU track counts every layer as sent and announces only
+        // changes; a publisher whose earlier SFU session had some stopped
+        // (dynacast) restarts them here, or a needed layer would stay off.
+        if let Some((p, rids)) = self
+            .tracks
+            .get(track_sid)
+            .and_then(|e| e.sfu.as_ref().map(|t| (e.publisher.clone(), t.rids.clone())))
+            .filter(|(_, rids)| !rids.is_empty())
+        {
+            let ev = MediaEvent::LayersWanted {
+                participant: p,
+                track_sid: track_sid.to_string(),
+                qualities: qualities_of(&rids, &rids),
+            };
+            self.emit(ev).await;
+        }
         self.apply_track(track_sid).await;
     }
 
@@ -731,10 +747,22 @@ impl Adapter {
             // Already relayed by the SFU to the room's data channels;
             // signalling's data messages travel over WebSocket instead.
             SfuEvent::Data { .. } => {}
-            // Dynacast: not yet carried to publishers (see the closing note
-            // of the SFU issue); the SFU keeps forwarding what arrives.
+            // Dynacast: the publisher is told which layers to keep encoding.
             SfuEvent::LayersWanted { track, rids } => {
-                tracing::debug!(?track, ?rids, "layers wanted (dynacast not yet signalled)");
+                let (Some(sid), Some(p)) = (self.by_sfu_track.get(&track), self.by_id.get(&track.publisher)) else {
+                    return;
+                };
+                let all = self
+                    .tracks
+                    .get(sid)
+                    .and_then(|e| e.sfu.as_ref())
+                    .map(|t| t.rids.as_slice());
+                let ev = MediaEvent::LayersWanted {
+                    participant: p.clone(),
+                    track_sid: sid.clone(),
+                    qualities: qualities_of(&rids, all.unwrap_or(&[])),
+                };
+                self.emit(ev).await;
             }
         }
     }
@@ -748,6 +776,30 @@ impl Adapter {
             tracing::debug!("room service gone; media event dropped");
         }
     }
+}
+
+/// The qualities of the `wanted` rids, lowest first. Rids named by the
+/// convention (`q`, `h`, `f`) map by name; others by their position among
+/// the track's rids `all` (lowest first; first = low, last = high), the
+/// inverse of [`pick_rid`]'s fallback. Dropping an unnamed rid instead would
+/// tell its publisher to stop a layer that is needed.
+fn qualities_of(wanted: &[Rid], all: &[Rid]) -> Vec<Quality> {
+    let mut out: Vec<Quality> = wanted
+        .iter()
+        .filter_map(|rid| {
+            Quality::from_rid(rid).or_else(|| {
+                let i = all.iter().position(|r| r == rid)?;
+                Some(match i {
+                    0 => Quality::Low,
+                    i if i + 1 == all.len() => Quality::High,
+                    _ => Quality::Medium,
+                })
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The simulcast layer a subscription asks for, or `None` to leave it to
@@ -822,5 +874,22 @@ mod tests {
         assert_eq!(pick_rid(&r, &[], &s(Some(Quality::Low), 0)).as_deref(), Some("a"));
         assert_eq!(pick_rid(&r, &[], &s(Some(Quality::Medium), 0)).as_deref(), Some("b"));
         assert_eq!(pick_rid(&[], &[], &s(Some(Quality::High), 0)), None);
+    }
+
+    #[test]
+    fn wanted_rids_map_to_qualities() {
+        use Quality::*;
+        let all = rids(&["q", "h", "f"]);
+        assert_eq!(qualities_of(&rids(&["f", "q"]), &all), [Low, High]);
+        assert_eq!(qualities_of(&all, &all), [Low, Medium, High]);
+        assert_eq!(qualities_of(&[], &all), []);
+        // Other names: by position among the track's rids, never dropped.
+        let all = rids(&["a", "b", "c"]);
+        assert_eq!(qualities_of(&rids(&["b"]), &all), [Medium]);
+        assert_eq!(qualities_of(&rids(&["a", "c"]), &all), [Low, High]);
+        let all = rids(&["lo", "hi"]);
+        assert_eq!(qualities_of(&rids(&["hi"]), &all), [High]);
+        // Not one of the track's rids: nothing to name it by.
+        assert_eq!(qualities_of(&rids(&["z"]), &all), []);
     }
 }

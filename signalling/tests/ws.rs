@@ -468,3 +468,42 @@ async fn a_slow_client_is_disconnected_without_slowing_others() {
     assert_eq!(state, "disconnected");
     assert!(fast.sync().await.is_empty());
 }
+
+#[tokio::test]
+async fn layers_wanted_reaches_the_publishers_socket() {
+    use signalling::media::{MediaEvent, ParticipantRef};
+    use signalling::model::Quality;
+    let s = start().await;
+    let (mut alice, joined) = s.join("r", "alice").await;
+    let (mut bob, _) = s.join("r", "bob").await;
+    let cam = alice.publish("cam", "video", "camera").await;
+    let cam_sid = cam["track"]["sid"].as_str().unwrap().to_string();
+    let alice_ref = ParticipantRef {
+        room: "r".into(),
+        sid: joined["participant"]["sid"].as_str().unwrap().into(),
+    };
+    // What the media plane reports when only bob's low layer is watched.
+    s.state
+        .rooms
+        .handle_media_event(MediaEvent::LayersWanted {
+            participant: alice_ref.clone(),
+            track_sid: cam_sid.clone(),
+            qualities: vec![Quality::Low, Quality::High],
+        })
+        .await;
+    let m = alice.expect("layers_wanted").await;
+    assert_eq!(m["track_sid"], cam_sid.as_str());
+    assert_eq!(m["qualities"], json!(["low", "high"]));
+    // Nobody watches: every layer may stop.
+    s.state
+        .rooms
+        .handle_media_event(MediaEvent::LayersWanted {
+            participant: alice_ref,
+            track_sid: cam_sid.clone(),
+            qualities: vec![],
+        })
+        .await;
+    assert_eq!(alice.expect("layers_wanted").await["qualities"], json!([]));
+    // Only the publisher is told.
+    assert!(bob.sync().await.iter().all(|m| m["type"] != "layers_wanted"));
+}

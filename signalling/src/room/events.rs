@@ -106,6 +106,29 @@ impl RoomService {
                     lr.broadcast(None, false, &ServerMessage::Speakers { speakers });
                 }
             }
+            MediaEvent::LayersWanted {
+                participant,
+                track_sid,
+                qualities,
+            } => {
+                let msg = ServerMessage::LayersWanted {
+                    track_sid: track_sid.clone(),
+                    qualities: qualities.clone(),
+                };
+                let mut live = self.live();
+                if let Some(s) = live
+                    .get_mut(&participant.room)
+                    .and_then(|lr| lr.sessions.values_mut().find(|s| s.sid == participant.sid))
+                {
+                    // Kept to be sent again on resume: one sent while the
+                    // socket is down is lost, and a publisher that missed
+                    // "needed again" would leave a watched layer stopped.
+                    s.layers_wanted.insert(track_sid, qualities);
+                    if let Some(conn) = &s.conn {
+                        conn.send(msg);
+                    }
+                }
+            }
             MediaEvent::Quality { room, updates } => {
                 let live = self.live();
                 if let Some(lr) = live.get(&room) {

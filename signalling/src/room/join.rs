@@ -1,5 +1,5 @@
 //! Joining a room (creating it if needed) and resuming a dropped session.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, watch};
@@ -116,6 +116,7 @@ impl RoomService {
                     subscriptions: HashSet::new(),
                     conn: Some(conn),
                     disconnected_at: None,
+                    layers_wanted: HashMap::new(),
                 },
             );
         }
@@ -180,6 +181,13 @@ impl RoomService {
             }
             if let Some(old) = s.conn.take() {
                 old.close("resumed_elsewhere");
+            }
+            // Queued behind `joined`: updates sent during the gap were lost.
+            for (track_sid, qualities) in &s.layers_wanted {
+                conn.send(ServerMessage::LayersWanted {
+                    track_sid: track_sid.clone(),
+                    qualities: qualities.clone(),
+                });
             }
             s.conn = Some(conn);
             s.disconnected_at = None;

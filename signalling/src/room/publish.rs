@@ -123,6 +123,7 @@ impl RoomService {
             if let Some(lr) = live.get_mut(room) {
                 for s in lr.sessions.values_mut() {
                     s.subscriptions.remove(track_sid);
+                    s.layers_wanted.remove(track_sid);
                 }
                 let msg = ServerMessage::TrackUnpublished {
                     participant_sid: p.sid.clone(),

@@ -87,6 +87,9 @@ pub(super) struct LiveSession {
     pub(super) subscriptions: HashSet<String>,
     pub(super) conn: Option<Conn>,
     pub(super) disconnected_at: Option<u64>,
+    /// Dynacast: the last `layers_wanted` per own track sid, replayed on
+    /// resume (removed when the track is unpublished).
+    pub(super) layers_wanted: HashMap<String, Vec<model::Quality>>,
 }
 
 #[derive(Default)]

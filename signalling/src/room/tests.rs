@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::media::{MediaEvent, NoMedia};
-use crate::model::{ParticipantState, TrackKind};
+use crate::model::{ParticipantState, Quality, TrackKind};
 use crate::store::MemoryStore;
 use crate::ws::protocol::{PublishTrack, ServerMessage};
 
@@ -146,4 +146,56 @@ async fn media_events_reach_sessions() {
         kinds.push(serde_json::to_value(&m).unwrap()["type"].as_str().unwrap().to_string());
     }
     assert_eq!(kinds, ["participant_updated", "offer", "speakers"]);
+}
+
+#[tokio::test]
+async fn layers_wanted_reaches_the_publisher_and_is_replayed_on_resume() {
+    let rooms = service(Arc::new(Recorder::default()));
+    let mut a = rooms.join(&joiner("a"), true, None, 1).await.unwrap();
+    let mut b = rooms.join(&joiner("b"), true, None, 1).await.unwrap();
+    let cam = rooms.publish(&a.handle, mic(), 1).await.unwrap().sid;
+    let wanted = |qualities: Vec<Quality>| MediaEvent::LayersWanted {
+        participant: a.handle.media_ref(),
+        track_sid: cam.clone(),
+        qualities,
+    };
+    rooms.handle_media_event(wanted(vec![Quality::Low])).await;
+    let mut got = vec![];
+    while let Ok(m) = a.events.try_recv() {
+        got.push(serde_json::to_value(&m).unwrap());
+    }
+    let got: Vec<_> = got.into_iter().filter(|m| m["type"] == "layers_wanted").collect();
+    assert_eq!(
+        got,
+        [serde_json::json!({"type": "layers_wanted", "track_sid": cam, "qualities": ["low"]})]
+    );
+    // Only the publisher hears of it.
+    while let Ok(m) = b.events.try_recv() {
+        assert!(!matches!(m, ServerMessage::LayersWanted { .. }), "{m:?}");
+    }
+
+    // Sent while the socket is down: lost there, so replayed after `joined`.
+    let ServerMessage::Joined { session_token, .. } = a.message else {
+        panic!()
+    };
+    rooms.disconnected(&a.handle, 2).await;
+    rooms
+        .handle_media_event(wanted(vec![Quality::Low, Quality::High]))
+        .await;
+    let mut again = rooms.join(&joiner("a"), true, Some(&session_token), 3).await.unwrap();
+    let mut replayed = vec![];
+    while let Ok(m) = again.events.try_recv() {
+        if let ServerMessage::LayersWanted { track_sid, qualities } = m {
+            replayed.push((track_sid, qualities));
+        }
+    }
+    assert_eq!(replayed, [(cam.clone(), vec![Quality::Low, Quality::High])]);
+
+    // An unpublished track's state goes with it.
+    rooms.unpublish(&again.handle, &cam, 4).await.unwrap();
+    rooms.disconnected(&again.handle, 5).await;
+    let mut third = rooms.join(&joiner("a"), true, Some(&session_token), 6).await.unwrap();
+    while let Ok(m) = third.events.try_recv() {
+        assert!(!matches!(m, ServerMessage::LayersWanted { .. }), "{m:?}");
+    }
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::media::{IceCandidate, QualityInfo, SpeakerInfo, Target, TrackSettings};
-use crate::model::{Participant, Permissions, Room, TrackKind, TrackSource, VideoLayer};
+use crate::model::{Participant, Permissions, Quality, Room, TrackKind, TrackSource, VideoLayer};
 
 pub const VERSION: u32 = 1;
 
@@ -190,6 +190,12 @@ pub enum ServerMessage {
     },
     ConnectionQuality {
         updates: Vec<QualityInfo>,
+    },
+    /// Dynacast, to a track's publisher: the simulcast layers some
+    /// subscriber needs (lowest first); the others may stop. Empty = none.
+    LayersWanted {
+        track_sid: String,
+        qualities: Vec<Quality>,
     },
     Data {
         from_sid: String,

@@ -89,6 +89,12 @@ export declare class LocalTrackPublication extends TrackPublication {
   readonly sender: RTCRtpSender | null;
   readonly simulcast: boolean;
   readonly participant: LocalParticipant;
+  /**
+   * Dynacast: the layers the server last said some subscriber receives
+   * (`layers_wanted`), lowest first; the SDK keeps only these encodings
+   * active (`[]`: none, nobody watches). null until the server said so.
+   */
+  readonly layersWanted: Quality[] | null;
   /** Disables the track and announces `track_muted`. */
   mute(): Promise<void>;
   unmute(): Promise<void>;
@@ -237,6 +243,13 @@ export interface RoomEvents {
   activeSpeakersChanged: (speakers: Participant[]) => void;
   connectionQualityChanged: (quality: ConnectionQuality, participant: Participant) => void;
   permissionsChanged: (permissions: Permissions, participant: LocalParticipant) => void;
+  /**
+   * Dynacast: the server named the layers of one of our tracks that some
+   * subscriber receives (lowest first; `[]` = nobody). The SDK has already
+   * started stopping the others (`encodings[i].active` on the sender); this
+   * reports changes, e.g. to show that nobody watches.
+   */
+  layersWanted: (publication: LocalTrackPublication, qualities: Quality[]) => void;
   dataReceived: (payload: Uint8Array, participant: RemoteParticipant | undefined, info: DataInfo) => void;
   /** The signalling connection dropped or ICE failed; the SDK is restoring the session. */
   reconnecting: (reason: string) => void;
@@ -261,6 +274,7 @@ export declare const RoomEvent: {
   readonly ActiveSpeakersChanged: "activeSpeakersChanged";
   readonly ConnectionQualityChanged: "connectionQualityChanged";
   readonly PermissionsChanged: "permissionsChanged";
+  readonly LayersWanted: "layersWanted";
   readonly DataReceived: "dataReceived";
   readonly Reconnecting: "reconnecting";
   readonly Reconnected: "reconnected";
@@ -303,6 +317,11 @@ export declare function ridToQuality(rid: Layer | Quality): Quality;
 export declare function qualityToRid(quality: Quality | Layer): Layer;
 export declare const SIMULCAST_ENCODINGS: ReadonlyArray<Readonly<RTCRtpEncodingParameters & { rid: Layer }>>;
 export declare function simulcastEncodings(): Array<RTCRtpEncodingParameters & { rid: Layer }>;
+/** Dynacast: copies of `encodings` with each `q`/`h`/`f` encoding active exactly when its layer is in `qualities`; others unchanged. */
+export declare function encodingsForLayers(
+  encodings: RTCRtpEncodingParameters[],
+  qualities: Array<Quality | Layer>,
+): { encodings: RTCRtpEncodingParameters[]; changed: boolean };
 export declare function layersFor(width: number, height: number, simulcast?: boolean): VideoLayer[];
 export declare function layerForResolution(layers: VideoLayer[], width: number, height: number): Layer | null;
 export interface SdpMedia { mid: string | null; kind: string; port: number; streamId: string | null; trackId: string | null }

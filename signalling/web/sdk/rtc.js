@@ -106,6 +106,7 @@ export const RoomEvent = Object.freeze({
   ActiveSpeakersChanged: "activeSpeakersChanged",
   ConnectionQualityChanged: "connectionQualityChanged",
   PermissionsChanged: "permissionsChanged",
+  LayersWanted: "layersWanted",
   DataReceived: "dataReceived",
   Reconnecting: "reconnecting",
   Reconnected: "reconnected",
@@ -210,6 +211,31 @@ export const SIMULCAST_ENCODINGS = Object.freeze([
 /** Fresh copies of the encodings for `addTransceiver({sendEncodings})`. */
 export function simulcastEncodings() {
   return SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+}
+
+/**
+ * Dynacast: the `encodings` of `RTCRtpSender.getParameters()` with each
+ * simulcast encoding (rid `q`, `h`, `f`) `active` exactly when its layer is
+ * in `qualities` (the server's `layers_wanted`; quality names or rids). An
+ * empty list stops every layer: nobody watches. Encodings without a rid (a
+ * single stream) or with another rid are left as they are: the server only
+ * names layers by this convention. Returns copies and whether any changed.
+ */
+export function encodingsForLayers(encodings, qualities) {
+  const wanted = new Set();
+  for (const q of qualities || []) {
+    if (q in QUALITY_TO_RID) wanted.add(QUALITY_TO_RID[q]);
+    else if (q in RID_TO_QUALITY) wanted.add(q);
+  }
+  let changed = false;
+  const out = (encodings || []).map((e) => {
+    if (!e || typeof e.rid !== "string" || !(e.rid in RID_TO_QUALITY)) return { ...e };
+    const active = wanted.has(e.rid);
+    // An encoding without `active` is active (the WebRTC default).
+    if ((e.active !== false) !== active) changed = true;
+    return { ...e, active };
+  });
+  return { encodings: out, changed };
 }
 
 /**
@@ -606,9 +632,36 @@ export class LocalTrackPublication extends TrackPublication {
     this.transceiver = transceiver;
     this.simulcast = (info.layers || []).length > 0;
     this._options = {};
+    /** Dynacast: the qualities the server last asked for (null = never told: all are sent). */
+    this.layersWanted = null;
+    this._layersQueue = Promise.resolve();
   }
   get sender() {
     return this.transceiver?.sender ?? null;
+  }
+  /** The server's `layers_wanted`: encode only the layers some subscriber receives. */
+  _setLayersWanted(qualities) {
+    const next = qualities.filter((q) => typeof q === "string");
+    const same = this.layersWanted && this.layersWanted.length === next.length && next.every((q, i) => q === this.layersWanted[i]);
+    this.layersWanted = next;
+    // One setParameters at a time (each needs the transaction of the
+    // getParameters just before it); each run applies the latest list.
+    this._layersQueue = this._layersQueue
+      .then(() => this._applyLayers())
+      .catch((e) => console.warn("rtc: cannot change the sent layers:", e?.message || e));
+    if (!same) this.participant.room.emit(RoomEvent.LayersWanted, this, [...next]);
+  }
+  async _applyLayers() {
+    const sender = this.sender;
+    if (!sender || !this.layersWanted || typeof sender.getParameters !== "function") return;
+    const params = sender.getParameters();
+    if (!params.encodings || params.encodings.length === 0) return;
+    const { encodings, changed } = encodingsForLayers(params.encodings, this.layersWanted);
+    if (!changed) return;
+    encodings.forEach((e, i) => {
+      params.encodings[i].active = e.active;
+    });
+    await sender.setParameters(params);
   }
   /** Stops sending (the track keeps capturing) and tells everyone. */
   async mute() {
@@ -786,6 +839,8 @@ export class Room extends EventEmitter {
     /** track sids subscribed but without media yet, in `subscribed` order */
     this._waiting = [];
     this._statsPrev = new Map();
+    /** Dynacast lists for own track sids whose publication is not set up yet. */
+    this._layersPending = new Map();
     this._timers = new Set();
     this._leaving = false;
     this._reconnecting = null;
@@ -1065,6 +1120,7 @@ export class Room extends EventEmitter {
     this._closePeers();
     this._lines.clear();
     this._streamOwners.clear();
+    this._layersPending.clear();
     this._waiting = [];
   }
 
@@ -1327,6 +1383,9 @@ export class Room extends EventEmitter {
       }
       pub._options = { ...options, source, simulcast };
       this.emit(RoomEvent.LocalTrackPublished, pub, lp);
+      const early = this._layersPending.get(pub.sid);
+      this._layersPending.delete(pub.sid);
+      if (early) pub._setLayersWanted(early);
       return pub;
     });
   }
@@ -1646,6 +1705,15 @@ export class Room extends EventEmitter {
           }
         }
         break;
+      case "layers_wanted": {
+        const qualities = Array.isArray(m.qualities) ? m.qualities : [];
+        const pub = lp?.tracks.get(m.track_sid);
+        if (pub instanceof LocalTrackPublication) pub._setLayersWanted(qualities);
+        // The server learns of a track from the offer that carries it, so
+        // this can overtake the end of our own publish: applied there.
+        else if (m.track_sid) this._layersPending.set(m.track_sid, qualities);
+        break;
+      }
       case "data": {
         const p = this.getParticipantBySid(m.from_sid);
         // Payloads from other clients may be plain text: pass its UTF-8 bytes.

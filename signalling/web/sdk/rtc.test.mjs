@@ -23,6 +23,8 @@ import {
   lossFraction,
   defaultSource,
   RoomEvent,
+  encodingsForLayers,
+  LocalTrackPublication,
 } from "./rtc.js";
 
 test("buildMessage: version, type, id, no undefined fields", () => {
@@ -262,4 +264,83 @@ test("stats arithmetic: rates and loss between samples", () => {
   assert.equal(lossFraction({ packetsLost: 10, packetsReceived: 100 }, { packetsLost: 20, packetsReceived: 190 }), 0.1);
   assert.equal(lossFraction(undefined, { packetsLost: 0, packetsReceived: 10 }), 0);
   assert.equal(lossFraction({ packetsLost: 5, packetsReceived: 10 }, { packetsLost: 5, packetsReceived: 20 }), 0);
+});
+
+test("dynacast: encodingsForLayers activates exactly the wanted q/h/f layers", () => {
+  const enc = simulcastEncodings();
+  const active = (r) => r.encodings.map((e) => e.active);
+  let r = encodingsForLayers(enc, ["low", "high"]);
+  assert.deepEqual(active(r), [true, false, true]);
+  assert.equal(r.changed, true, "no `active` means active: stopping h is a change");
+  // Rids are accepted too; the input is not modified.
+  assert.deepEqual(active(encodingsForLayers(enc, ["h"])), [false, true, false]);
+  assert.equal(enc[0].active, undefined);
+  // Nobody watches: every layer stops.
+  assert.deepEqual(active(encodingsForLayers(enc, [])), [false, false, false]);
+  assert.deepEqual(active(encodingsForLayers(enc, undefined)), [false, false, false]);
+  // All wanted on fresh encodings: nothing to change.
+  r = encodingsForLayers(enc, ["low", "medium", "high"]);
+  assert.deepEqual(active(r), [true, true, true]);
+  assert.equal(r.changed, false);
+  // Resuming a stopped layer is a change; other fields are kept.
+  r = encodingsForLayers([{ rid: "q", active: false, maxBitrate: 1 }, { rid: "f", active: true }], ["low", "high"]);
+  assert.deepEqual(r.encodings, [{ rid: "q", active: true, maxBitrate: 1 }, { rid: "f", active: true }]);
+  assert.equal(r.changed, true);
+  // A single stream (no rid) or unknown rids and qualities are left alone.
+  r = encodingsForLayers([{ active: true }, { rid: "x" }], ["ultra"]);
+  assert.deepEqual(r.encodings, [{ active: true }, { rid: "x" }]);
+  assert.equal(r.changed, false);
+});
+
+test("dynacast: a local publication applies layers_wanted to its sender, latest list last", async () => {
+  const calls = [];
+  let params = { transactionId: "t0", encodings: simulcastEncodings() };
+  const sender = {
+    getParameters: () => structuredClone(params),
+    setParameters: async (p) => {
+      calls.push(p.encodings.map((e) => e.active));
+      params = { ...p, transactionId: `t${calls.length}` };
+    },
+  };
+  const events = [];
+  const room = new EventEmitter();
+  room.on(RoomEvent.LayersWanted, (pub, q) => events.push([pub.sid, q]));
+  const pub = new LocalTrackPublication(
+    { sid: "TR_1", kind: "video", layers: layersFor(1280, 720) },
+    { room },
+    null,
+    { sender },
+  );
+  assert.equal(pub.layersWanted, null);
+  pub._setLayersWanted(["low", "medium", "high"]); // what the server says on publish: no change
+  await pub._layersQueue;
+  assert.deepEqual(calls, []);
+  pub._setLayersWanted(["high"]);
+  await pub._layersQueue;
+  // Lists arriving faster than setParameters completes: the latest is applied.
+  pub._setLayersWanted(["medium"]);
+  pub._setLayersWanted([]);
+  pub._setLayersWanted([]); // a repeat (e.g. replayed on resume) is not an event
+  await pub._layersQueue;
+  assert.deepEqual(calls, [[false, false, true], [false, false, false]]);
+  assert.deepEqual(pub.layersWanted, []);
+  assert.deepEqual(events, [
+    ["TR_1", ["low", "medium", "high"]],
+    ["TR_1", ["high"]],
+    ["TR_1", ["medium"]],
+    ["TR_1", []],
+  ]);
+  // A sender that refuses (e.g. its transceiver stopped) is logged, not thrown.
+  sender.setParameters = async () => {
+    throw new Error("InvalidStateError");
+  };
+  const warn = console.warn;
+  console.warn = () => {};
+  try {
+    pub._setLayersWanted(["low"]);
+    await pub._layersQueue;
+  } finally {
+    console.warn = warn;
+  }
+  assert.deepEqual(pub.layersWanted, ["low"]);
 });
