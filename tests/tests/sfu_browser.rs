@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{artifacts_dir, in_ci, require_tool, run_with_timeout, workspace_root, NetNs};
+use e2e::{artifacts_dir, in_ci, require_tool, run_with_timeout, unix_now, workspace_root, NetNs};
 use serde_json::{json, Value};
+use signalling::auth::{Grants, TokenRequest};
 
 /// Ports inside the test's own namespace: nothing else listens there.
 const HTTP_PORT: u16 = 8080;
@@ -136,34 +137,22 @@ impl Server {
         format!("http://127.0.0.1:{HTTP_PORT}")
     }
 
-    /// A token minted with `rtc-server token` and the run's development key.
-    fn token(&self, room: Option<&str>, identity: Option<&str>, grants: &[&str]) -> String {
-        let mut cmd = Command::new(rtc_server_bin());
-        cmd.args([
-            "token",
-            "--api-key",
-            &self.api_key,
-            "--api-secret",
-            &self.api_secret,
-            "--ttl",
-            "10m",
-        ]);
-        if let Some(r) = room {
-            cmd.args(["--room", r]);
-        }
-        if let Some(i) = identity {
-            cmd.args(["--identity", i]);
-        }
-        for g in grants {
-            cmd.args(["--grant", g]);
-        }
-        let out = run_with_timeout(cmd, Duration::from_secs(20));
-        assert!(
-            out.status.success(),
-            "rtc-server token failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    /// A token signed with the run's development key; `grants` tweaks the
+    /// default full participant (`room_join` for `room`).
+    fn token(&self, room: &str, identity: Option<&str>, grants: impl FnOnce(&mut Grants)) -> String {
+        let mut g = Grants {
+            room: Some(room.to_string()),
+            room_join: identity.is_some(),
+            ..Grants::default()
+        };
+        grants(&mut g);
+        let req = TokenRequest {
+            identity: identity.unwrap_or_default().to_string(),
+            ttl: Duration::from_secs(600),
+            grants: g,
+            ..TokenRequest::default()
+        };
+        signalling::auth::mint(&self.api_key, &self.api_secret, &req, unix_now()).unwrap()
     }
 
     /// Runs tests/browser/`script` inside the namespace with `cfg` (plus
@@ -244,7 +233,7 @@ fn relay_only_call_through_embedded_turn() {
         return;
     }
     let mut server = Server::start("relay");
-    let token = server.token(Some("relay"), Some("relay-user"), &[]);
+    let token = server.token("relay", Some("relay-user"), |_| {});
     let v = server.run("sfu_relay.mjs", json!({ "token": token, "timeoutMs": 30000 }));
     let urls: Vec<String> = v["iceServers"]
         .as_array()
@@ -340,4 +329,54 @@ fn simulcast_layer_follows_preference() {
             "{layer}: framesDecoded not rising: {v:#}"
         );
     }
+}
+
+/// Test 4: permissions: a token without can_publish cannot publish (a
+/// clear error on the page); a track muted through the REST API is seen
+/// muted by its subscriber, whose frames stop; a participant removed
+/// through the REST API is disconnected.
+#[test]
+fn permissions_mute_and_kick_through_rest() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("permissions");
+    let room = "permissions";
+    let cfg = json!({
+        "room": room,
+        "annToken": server.token(room, Some("ann"), |_| {}),
+        "benToken": server.token(room, Some("ben"), |g| g.can_publish = Some(false)),
+        "adminToken": server.token(room, None, |g| g.room_admin = true),
+        "timeoutMs": 20000,
+    });
+    let v = server.run("sfu_permissions.mjs", cfg);
+    let error = v["refused"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("permission_denied") && v["refused"]["shown"].as_str() == Some(error),
+        "no clear refusal on the page: {v:#}"
+    );
+    assert_eq!(
+        v["refused"]["state"], "connected",
+        "a refused publish must not end the session: {v:#}"
+    );
+    assert_eq!(v["refused"]["published"], 0, "{v:#}");
+    assert_eq!(v["muted"]["after"]["muted"], true, "{v:#}");
+    assert_eq!(
+        v["muted"]["annSeesOwnMuted"], true,
+        "the publisher does not know it was muted: {v:#}"
+    );
+    assert_eq!(
+        v["muted"]["after"]["framesDecoded"], v["muted"]["before"]["framesDecoded"],
+        "frames still arrive after the mute: {v:#}"
+    );
+    assert_eq!(v["kicked"]["disconnected"][0], "removed", "{v:#}");
+    assert_eq!(v["kicked"]["roomState"], "disconnected", "{v:#}");
+    assert!(
+        v["kicked"]["error"].as_str().unwrap_or_default().starts_with("removed"),
+        "the page does not say why it left: {v:#}"
+    );
+    assert!(
+        !v["annSees"].as_array().unwrap().iter().any(|i| i == "ben"),
+        "ann still sees ben: {v:#}"
+    );
 }
