@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub turn_secrets: Vec<String>,
     /// The SFU's UDP port, bound on the HTTP listener's host (0 = any).
     pub media_port: u16,
+    /// The SFU's ICE-TCP port (passive TCP candidates, for clients whose
+    /// network blocks UDP), on the same host; 0 = any, `None` = off.
+    pub media_tcp_port: Option<u16>,
     /// The address advertised in ICE candidates; `None` = the bind address
     /// (which must then be specific).
     pub media_ip: Option<IpAddr>,
@@ -307,6 +310,10 @@ struct RunArgs {
     /// SFU media port (UDP), on the --http-listen host; 0 = any free port [default: 7882].
     #[arg(long, value_name = "PORT")]
     media_port: Option<String>,
+    /// SFU ICE-TCP port, for networks that block UDP; 0 = any free port, off = no TCP
+    /// [default: the --media-port number].
+    #[arg(long, value_name = "PORT")]
+    media_tcp_port: Option<String>,
     /// Address advertised in the SFU's ICE candidates [default: the --http-listen IP, if specific].
     #[arg(long, value_name = "IP")]
     media_ip: Option<String>,
@@ -636,6 +643,24 @@ fn build(
         },
         None => DEFAULT_MEDIA_PORT,
     };
+    // TCP and UDP ports are separate spaces, so the same number is the
+    // natural default and one firewall rule number covers both.
+    let media_tcp_port = match l.scalar("media-tcp-port", args.media_tcp_port)? {
+        Some((v, at)) => match v.trim() {
+            "off" => None,
+            t => match t.parse::<u16>() {
+                Ok(p) => Some(p),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        at,
+                        value: v,
+                        expected: "a TCP port from 0 (any) to 65535, or off",
+                    })
+                }
+            },
+        },
+        None => Some(media_port),
+    };
     let media_ip = match l.scalar("media-ip", args.media_ip)? {
         Some((v, at)) => match v.trim().parse::<IpAddr>() {
             Ok(ip) if !ip.is_unspecified() => Some(ip),
@@ -691,6 +716,7 @@ fn build(
         turn_urls,
         turn_secrets,
         media_port,
+        media_tcp_port,
         media_ip,
         webhook_urls,
         log_format,
@@ -1362,7 +1388,19 @@ mod tests {
             (50000, Some("203.0.113.5".parse().unwrap()))
         );
         assert_eq!(serve(&["--media-port=0"]).unwrap().media_port, 0);
-        for (f, v) in [("media-port", "70000"), ("media-ip", "0.0.0.0"), ("media-ip", "host")] {
+        // ICE-TCP follows the UDP port number unless told otherwise.
+        assert_eq!(c.media_tcp_port, Some(50000));
+        assert_eq!(serve(&[]).unwrap().media_tcp_port, Some(DEFAULT_MEDIA_PORT));
+        let c = serve(&["--media-port=50000", "--media-tcp-port=443"]).unwrap();
+        assert_eq!((c.media_port, c.media_tcp_port), (50000, Some(443)));
+        assert_eq!(serve(&["--media-tcp-port=off"]).unwrap().media_tcp_port, None);
+        for (f, v) in [
+            ("media-port", "70000"),
+            ("media-tcp-port", "70000"),
+            ("media-tcp-port", "no"),
+            ("media-ip", "0.0.0.0"),
+            ("media-ip", "host"),
+        ] {
             let e = serve(&[&format!("--{f}={v}")]).unwrap_err();
             assert!(
                 matches!(&e, ConfigError::Invalid { at, .. } if at.flag == f),

@@ -96,7 +96,7 @@ enum ServeError {
     Webhooks(#[from] signalling::webhooks::WebhookError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("SFU on UDP {addr} (--media-port, --media-ip): {source}")]
+    #[error("SFU on {addr} (--media-port, --media-tcp-port, --media-ip): {source}")]
     Media { addr: SocketAddr, source: sfu::Error },
 }
 
@@ -145,6 +145,9 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
     let media_listen = SocketAddr::new(cfg.http_listen.ip(), cfg.media_port);
     let (sfu, sfu_events) = sfu::Sfu::start(sfu::SfuConfig {
         listen: media_listen,
+        tcp_listen: cfg
+            .media_tcp_port
+            .map(|port| SocketAddr::new(cfg.http_listen.ip(), port)),
         advertise_ip: cfg.media_ip,
         shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..sfu::SfuConfig::default()
@@ -186,6 +189,7 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
         http_addr,
         relay.as_ref().map(|(r, _)| r.as_ref()),
         sfu.local_addr(),
+        sfu.tcp_addr(),
     );
 
     // The relay's shards publish counters on their own; copy them into the
@@ -313,7 +317,13 @@ async fn drain_relay(running: &Running, timeout: Duration, signals: &mut Signals
 }
 
 /// Prints every address listened on and, in development mode, how to connect.
-fn announce(cfg: &ServerConfig, http: SocketAddr, relay: Option<&Running>, media: SocketAddr) {
+fn announce(
+    cfg: &ServerConfig,
+    http: SocketAddr,
+    relay: Option<&Running>,
+    media: SocketAddr,
+    media_tcp: Option<SocketAddr>,
+) {
     println!("listening http {http} (REST /v1, WebSocket /v1/rtc, /metrics)");
     match relay {
         Some(r) => {
@@ -328,6 +338,10 @@ fn announce(cfg: &ServerConfig, http: SocketAddr, relay: Option<&Running>, media
     }
     tracing::info!(%media, "sfu listening");
     println!("listening media udp {media}");
+    if let Some(tcp) = media_tcp {
+        tracing::info!(%tcp, "sfu listening for ICE-TCP");
+        println!("listening media tcp {tcp}");
+    }
     for url in &cfg.turn_urls {
         println!("advertised ice server {url}");
     }
