@@ -380,3 +380,51 @@ fn permissions_mute_and_kick_through_rest() {
         "ann still sees ben: {v:#}"
     );
 }
+
+/// Test 5: resume: every signalling WebSocket is cut from outside the
+/// browser; both pages resume their sessions and keep decoding. Also saves
+/// tests/artifacts/demo-two-participants.png, the demo page with two
+/// participants, before the cut.
+#[test]
+fn resume_after_cut_websocket_keeps_media() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("resume");
+    let screenshot = artifacts_dir().join("demo-two-participants.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let v = server.run(
+        "sfu_resume.mjs",
+        json!({ "room": "resume", "httpPort": HTTP_PORT, "screenshot": screenshot, "timeoutMs": 20000 }),
+    );
+    assert!(screenshot.is_file(), "no screenshot at {}", screenshot.display());
+    for i in 0..2 {
+        let before = &v["sessionBefore"][i];
+        let after = &v["sessionAfter"][i];
+        assert_eq!(
+            before["sid"], after["sid"],
+            "page {i} did not resume its session: {v:#}"
+        );
+        let events: Vec<&str> = after["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            events.iter().any(|e| e.starts_with("reconnecting")) && events.iter().any(|e| e.starts_with("reconnected")),
+            "page {i} did not go through reconnecting/reconnected: {events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| e.starts_with("disconnected")),
+            "page {i}: {events:?}"
+        );
+        let cut_at = u64_at(&v, &format!("/beforeCut/after/{i}"));
+        let later = u64_at(&v, &format!("/afterResume/after/{i}"));
+        assert!(
+            later > cut_at && later > u64_at(&v, &format!("/afterResume/before/{i}")),
+            "page {i}: framesDecoded stopped rising after the resume: {v:#}"
+        );
+        assert!(v["errors"][i].is_null(), "page {i} shows an error: {v:#}");
+    }
+}
