@@ -7,9 +7,9 @@
 //! lowest layer does not fit is paused rather than sent into congestion.
 //!
 //! Upgrading a video above the layer it currently forwards costs the layer's
-//! bitrate plus the 20% headroom the [`crate::simulcast::LayerSelector`] needs
-//! to actually switch up, so the budget handed to the selector is consistent
-//! with its hysteresis and lower-priority tracks cannot eat that headroom.
+//! bitrate plus 20% headroom ([`crate::simulcast::with_headroom`]), so a
+//! noisy estimate does not make the layer flap and lower-priority tracks
+//! cannot eat that headroom.
 //!
 //! The function is pure and allocation-free; remembering whether the estimate
 //! is stable (before acting on a probe suggestion) is the caller's job.

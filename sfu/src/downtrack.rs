@@ -196,9 +196,9 @@ struct LastOut {
 
 /// Rewrites one subscription's packets into a continuous outgoing stream.
 ///
-/// Glue with [`crate::simulcast::LayerSelector`]: on `Decision::SwitchedTo`
-/// call [`DownTrack::resume`] then [`DownTrack::forward`]; on
-/// `Decision::Forward` call `forward`; on `Decision::Drop` do nothing.
+/// The router decides which layer's packets reach it (switching at the
+/// target layer's keyframe); a switch or an unpause calls
+/// [`DownTrack::resume`] before the next [`DownTrack::forward`].
 #[derive(Debug)]
 pub struct DownTrack {
     ssrc: u32,

@@ -12,7 +12,8 @@
 //! without sockets:
 //! - [`downtrack`] rewrites SSRC, sequence numbers and timestamps so layer
 //!   switches and pauses look like one continuous stream to the receiver;
-//! - [`simulcast`] picks a subscriber's layer and switches on keyframes;
+//! - [`simulcast`] caps a subscriber's layer by its preferences and
+//!   throttles keyframe requests (the router switches layers at keyframes);
 //! - [`allocator`] divides a subscriber's bandwidth estimate across its
 //!   down-tracks;
 //! - [`speaker`] detects active speakers from audio levels.

@@ -24,7 +24,7 @@ use crate::downtrack::{DownTrack, PacketInfo, SourceId};
 use crate::keyframe::is_keyframe;
 use crate::mux::{shard_prefix, Mux, PeerId, Route};
 use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
-use crate::simulcast::{allowed_max_layer, LayerInfo, Preferences, MAX_LAYERS};
+use crate::simulcast::{allowed_max_layer, KeyframeRequester, LayerInfo, Preferences, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
 use crate::Error;
 
@@ -116,11 +116,6 @@ pub struct ParticipantInfo {
     pub ufrag: String,
 }
 
-/// Least time between two keyframe requests sent upstream for one layer:
-/// subscribers ask in bursts (every loss, every join), the publisher's
-/// encoder only needs to hear it once.
-const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
-
 /// The longest the router asks to sleep when no peer has a timer sooner.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -155,7 +150,8 @@ struct Track {
     subscribers: Vec<(ParticipantId, Mid)>,
     /// Payload parameters of the publisher's PTs, learned on first use.
     params: Vec<(Pt, PayloadParams)>,
-    last_keyframe_request: Vec<(Option<Rid>, Instant)>,
+    /// Coalesces subscribers' keyframe requests, per layer.
+    keyframes: KeyframeRequester,
     started: bool,
     /// Muted by its publisher: nothing is forwarded and the allocator
     /// reserves nothing for it.
@@ -217,7 +213,7 @@ struct Down {
 pub struct Limits {
     pub max_width: u32,
     pub max_height: u32,
-    /// Passed to the layer choice, which cannot act on it yet: it needs
+    /// Accepted but not acted on yet: capping the frame rate needs
     /// temporal layers, and the router does not parse them.
     pub max_fps: u32,
 }
@@ -254,7 +250,6 @@ fn max_layer(t: &Track, d: &Down) -> u8 {
         },
         max_width: d.limits.max_width,
         max_height: d.limits.max_height,
-        max_fps: d.limits.max_fps,
         paused: false,
     };
     allowed_max_layer(&layers[..count], &prefs).unwrap_or(0)
@@ -986,7 +981,7 @@ impl Router {
                     dims: [(0, 0); MAX_LAYERS],
                     subscribers: Vec::new(),
                     params: Vec::new(),
-                    last_keyframe_request: Vec::new(),
+                    keyframes: KeyframeRequester::new(),
                     started: false,
                     muted: false,
                     layer_bytes: [0; MAX_LAYERS],
@@ -1118,7 +1113,7 @@ impl Router {
     }
 
     /// Asks the publisher for a keyframe on one layer, at most once per
-    /// [`KEYFRAME_THROTTLE`].
+    /// [`crate::simulcast::KEYFRAME_THROTTLE`].
     fn request_keyframe(&mut self, now: Instant, source: TrackId, rid: Option<Rid>, kind: KeyframeRequestKind) {
         let Some(track) = self.tracks.get_mut(&source) else {
             return;
@@ -1126,10 +1121,8 @@ impl Router {
         if track.kind != MediaKind::Video {
             return;
         }
-        match track.last_keyframe_request.iter_mut().find(|(r, _)| *r == rid) {
-            Some((_, t)) if now.saturating_duration_since(*t) < KEYFRAME_THROTTLE => return,
-            Some((_, t)) => *t = now,
-            None => track.last_keyframe_request.push((rid, now)),
+        if !track.keyframes.request(now, layer_of(&track.rids, rid) as u8) {
+            return;
         }
         let Some(pid) = self.participants.get(&source.publisher).map(|p| p.publisher) else {
             return;
