@@ -428,3 +428,62 @@ fn resume_after_cut_websocket_keeps_media() {
         assert!(v["errors"][i].is_null(), "page {i} shows an error: {v:#}");
     }
 }
+
+/// Test 6: data: a message sent with sendData reaches the other pages (text
+/// and bytes), and only the named ones when destinations are given.
+#[test]
+fn data_reaches_everyone_or_only_the_named() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("data");
+    let v = server.run("sfu_data.mjs", json!({ "room": "data", "timeoutMs": 15000 }));
+    let texts = |who: &str| -> Vec<String> {
+        v["received"][who]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}:{}",
+                    m["from"].as_str().unwrap_or("?"),
+                    m["topic"].as_str().unwrap_or(""),
+                    m["text"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let bytes = |who: &str| {
+        v["received"][who]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["topic"] == "bin")
+            .map(|m| m["bytes"].clone())
+    };
+    for who in ["ben", "cat"] {
+        let t = texts(who);
+        assert!(t.contains(&"ann:chat:hello everyone".to_string()), "{who}: {t:?}");
+        assert!(t.contains(&"ann:end:marker".to_string()), "{who}: {t:?}");
+        assert_eq!(
+            bytes(who),
+            Some(json!([0, 1, 254, 255])),
+            "{who}: bytes changed on the way: {v:#}"
+        );
+    }
+    assert!(
+        texts("ben").contains(&"ann:chat:only for ben".to_string()),
+        "ben: {:?}",
+        texts("ben")
+    );
+    assert!(
+        !texts("cat").iter().any(|t| t.ends_with("only for ben")),
+        "cat got ben's message: {:?}",
+        texts("cat")
+    );
+    assert!(
+        texts("ann").is_empty(),
+        "the sender got her own messages: {:?}",
+        texts("ann")
+    );
+}
