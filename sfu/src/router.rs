@@ -1210,9 +1210,11 @@ impl Router {
                 (MediaKind::Video, 2) => &[150_000, 600_000],
                 (MediaKind::Video, _) => &[100_000, 400_000, 1_200_000],
             };
+            // A layer stopped before it was ever measured (the publisher had
+            // not ramped up to it yet) likewise, or nobody could want it back.
             let unmeasured = t.layer_bps.iter().all(Option::is_none);
-            for (l, d) in layers.iter_mut().zip(defaults) {
-                if l.is_none() && unmeasured {
+            for (i, (l, d)) in layers.iter_mut().zip(defaults).enumerate() {
+                if l.is_none() && (unmeasured || t.announced & (1 << i) == 0) {
                     *l = Some(*d);
                 }
             }
