@@ -1,7 +1,9 @@
 // Test 3: simulcast. `ann` publishes her camera (1280x720, three layers)
 // from the demo page; `ben` (demo page, no media of his own) prefers layer
 // q, then f. After each switch his decoded frameWidth must equal the width
-// ann's encoder is sending on that layer (getStats on both sides).
+// ann's encoder is sending on that layer (getStats on both sides). Layers
+// nobody needs are paused by dynacast, so asking for f also checks that it
+// is resumed.
 //
 // Config: {base, room, timeoutMs}
 import { cfg, main, newPage, openDemo, pollUntil } from './sfu_common.mjs';
@@ -9,6 +11,7 @@ import { cfg, main, newPage, openDemo, pollUntil } from './sfu_common.mjs';
 await main(async (browser) => {
   const ann = await newPage(browser, 'ann');
   const ben = await newPage(browser, 'ben');
+  const out = {};
   await openDemo(ann, { room: cfg.room, identity: 'ann', mic: 0 });
   await openDemo(ben, { room: cfg.room, identity: 'ben', camera: 0, mic: 0 });
   const timeoutMs = cfg.timeoutMs ?? 30000;
@@ -45,8 +48,10 @@ await main(async (browser) => {
       pub.setPreferredLayer(layer);
     }, layer);
 
-  await pollUntil('ann publishing three layers and ben receiving', async () => ({ sent: await sent(), received: await received() }),
-    (s) => ['q', 'h', 'f'].every((r) => s.sent[r]?.framesEncoded > 0) && s.received.framesDecoded > 0, { timeoutMs });
+  // Three layers announced and sent (dynacast may pause the ones nobody
+  // needs yet: the preference below must bring them back).
+  out.start = await pollUntil('ann publishing three layers and ben receiving', async () => ({ sent: await sent(), received: await received() }),
+    (s) => ['q', 'h', 'f'].every((r) => r in s.sent) && s.received.layers.length === 3 && s.received.framesDecoded > 0, { timeoutMs });
 
   const steps = {};
   for (const layer of ['q', 'f']) {
@@ -66,5 +71,6 @@ await main(async (browser) => {
       { timeoutMs, every: 300 },
     );
   }
-  return { steps };
+  out.steps = steps;
+  return out;
 });

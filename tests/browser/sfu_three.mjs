@@ -1,5 +1,5 @@
-// Test 2: three participants on the demo page (camera and microphone, one
-// video layer each) in one room through the SFU. Waits until every page
+// Test 2: three participants on the demo page (camera and microphone,
+// simulcast as the page does by default) in one room through the SFU. Waits until every page
 // decodes the other two's video and receives their audio, with the counters
 // of getStats() rising between two samples.
 //
@@ -10,7 +10,7 @@ const names = ['ann', 'ben', 'cat'];
 
 await main(async (browser) => {
   const pages = await Promise.all(names.map((n) => newPage(browser, n)));
-  await Promise.all(pages.map((p, i) => openDemo(p, { room: cfg.room, identity: names[i], simulcast: 0 })));
+  await Promise.all(pages.map((p, i) => openDemo(p, { room: cfg.room, identity: names[i] })));
   const keysOf = (i) =>
     names.filter((_, j) => j !== i).flatMap((n) => [`${n}/camera`, `${n}/microphone`]);
   const sampleAll = () => Promise.all(pages.map((p) => inbound(p)));
