@@ -289,6 +289,27 @@ impl Sfu {
         .await
     }
 
+    /// The msid (stream id, track id) subscribers' m-lines for `track`
+    /// carry from now on, e.g. the control plane's participant and track
+    /// ids; without it they are the SFU's own (`PA_<n>`, `TR_<n>_<mid>`).
+    /// Set it before subscribing.
+    pub async fn set_track_msid(
+        &self,
+        publisher: ParticipantId,
+        track: TrackId,
+        stream_id: String,
+        track_id: String,
+    ) -> Result<(), Error> {
+        self.call(publisher, |reply| Command::Msid {
+            publisher,
+            track,
+            stream_id,
+            track_id,
+            reply,
+        })
+        .await
+    }
+
     /// The size a subscriber renders a track at and the frame rate it
     /// wants: no layer bigger than needed is sent.
     pub async fn set_track_limits(

@@ -172,6 +172,9 @@ struct Track {
     /// last told are wanted, and since when each has been unwanted.
     announced: u8,
     unwanted_since: [Option<Instant>; MAX_LAYERS],
+    /// The msid (stream id, track id) subscribers' m-lines carry, as the
+    /// control plane named the track; `PA_<n>`/`TR_<n>_<mid>` until then.
+    msid: Option<(String, String)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -578,6 +581,23 @@ impl Router {
         Ok(())
     }
 
+    /// The msid stream and track ids of `track` in subscribers' offers
+    /// from now on (signalling passes its participant and track sids, so
+    /// clients map m-lines to tracks by msid).
+    pub fn set_track_msid(
+        &mut self,
+        publisher: ParticipantId,
+        track: TrackId,
+        stream_id: String,
+        track_id: String,
+    ) -> Result<(), Error> {
+        if track.publisher != publisher {
+            return Err(Error::Unknown);
+        }
+        self.tracks.get_mut(&track).ok_or(Error::Unknown)?.msid = Some((stream_id, track_id));
+        Ok(())
+    }
+
     /// The size a subscriber renders `track` at and the frame rate it
     /// wants (0 = no limit), so no layer bigger than needed is sent.
     pub fn set_track_limits(
@@ -756,13 +776,11 @@ impl Router {
             let mut change = rtc.sdp_api();
             for t in &adds {
                 let Some(track) = tracks.get(t) else { continue };
-                let mid = change.add_media(
-                    track.kind,
-                    Direction::SendOnly,
-                    Some(t.publisher.to_string()),
-                    Some(t.to_string()),
-                    None,
-                );
+                let (stream_id, track_id) = track
+                    .msid
+                    .clone()
+                    .unwrap_or_else(|| (t.publisher.to_string(), t.to_string()));
+                let mid = change.add_media(track.kind, Direction::SendOnly, Some(stream_id), Some(track_id), None);
                 added.push((mid, *t));
             }
             for mid in &stops {
@@ -991,6 +1009,7 @@ impl Router {
                     // Publishers start with every layer on.
                     announced: ((1u16 << rids.len().min(MAX_LAYERS)) - 1) as u8,
                     unwanted_since: [None; MAX_LAYERS],
+                    msid: None,
                 });
                 self.events.push_back(SfuEvent::TrackPublished {
                     track,

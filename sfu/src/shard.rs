@@ -97,6 +97,13 @@ pub enum Command {
         layers: Vec<(Option<Rid>, u32, u32)>,
         reply: Reply<()>,
     },
+    Msid {
+        publisher: ParticipantId,
+        track: TrackId,
+        stream_id: String,
+        track_id: String,
+        reply: Reply<()>,
+    },
     Limits {
         subscriber: ParticipantId,
         track: TrackId,
@@ -341,6 +348,15 @@ fn handle_command(router: &mut Router, now: Instant, cmd: Command, tx: &mut dyn 
             reply,
         } => {
             let _ = reply.send(router.set_track_layers(now, publisher, track, &layers));
+        }
+        Command::Msid {
+            publisher,
+            track,
+            stream_id,
+            track_id,
+            reply,
+        } => {
+            let _ = reply.send(router.set_track_msid(publisher, track, stream_id, track_id));
         }
         Command::Limits {
             subscriber,

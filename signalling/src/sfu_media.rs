@@ -436,6 +436,21 @@ impl Adapter {
     /// The track's m-line and signalling's announcement have met: carry
     /// over a mute made before, and apply the subscriptions waiting for it.
     async fn resolved(&mut self, track_sid: &str) {
+        // Subscribers' m-lines carry msid `<participant sid> <track sid>`,
+        // which is how clients tell which m-line is which track.
+        if let Some((t, psid)) = self
+            .tracks
+            .get(track_sid)
+            .and_then(|e| e.sfu.as_ref().map(|t| (t.id, e.publisher.sid.clone())))
+        {
+            if let Err(e) = self
+                .sfu
+                .set_track_msid(t.publisher, t, psid, track_sid.to_string())
+                .await
+            {
+                tracing::debug!(track_sid, error = %e, "SFU msid failed");
+            }
+        }
         if let Some((t, true)) = self
             .tracks
             .get(track_sid)
