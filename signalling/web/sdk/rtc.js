@@ -299,8 +299,10 @@ export function parseSdpMedia(sdp) {
 /**
  * Decides which subscriber m-lines carry which subscribed tracks.
  *
- * PROTOCOL.md does not (yet) say how a server `offer`'s m-lines relate to
- * track sids, so this tries, per line, from the most to the least certain:
+ * PROTOCOL.md ("Media: m-lines and tracks"): the server's m-lines carry
+ * msid `<participant sid> <track sid>`, so rule 1 decides; the others are
+ * for servers that name m-lines otherwise. Per line, from the most to the
+ * least certain:
  *  1. the msid track id is the track sid (or the publisher's `cid`);
  *  2. the msid stream id is the publisher's participant sid, or a stream
  *     id already seen carrying that publisher's tracks: the first waiting
