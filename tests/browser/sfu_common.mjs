@@ -88,10 +88,21 @@ export async function inbound(page) {
     const room = window.rtcDemo?.room;
     const out = {};
     if (!room) return out;
+    // mid -> "stream track" of the server's (subscriber) offer.
+    const msids = new Map();
+    let mid = null;
+    for (const line of (room._sub?.remoteDescription?.sdp ?? '').split(/\r?\n/)) {
+      if (line.startsWith('m=')) mid = null;
+      else if (line.startsWith('a=mid:')) mid = line.slice(6).trim();
+      else if (line.startsWith('a=msid:') && mid !== null) msids.set(mid, line.slice(7).trim());
+    }
     for (const p of room.participants.values()) {
       for (const pub of p.tracks.values()) {
         const key = `${p.identity}/${pub.source}`;
-        const e = { sid: pub.sid, kind: pub.kind, muted: pub.muted, subscribed: pub.subscribed, bound: !!pub.receiver };
+        const e = {
+          sid: pub.sid, participantSid: p.sid, kind: pub.kind, muted: pub.muted, subscribed: pub.subscribed, bound: !!pub.receiver,
+          msid: pub.transceiver ? msids.get(pub.transceiver.mid) ?? null : null,
+        };
         out[key] = e;
         if (!pub.receiver) continue;
         const stats = await pub.receiver.getStats();

@@ -309,6 +309,20 @@ fn three_participants_decode_each_other() {
                 after("microphone/totalSamplesReceived") > before("microphone/totalSamplesReceived"),
                 "{me} does not receive {other}'s audio: {v:#}"
             );
+            // Each m-line is named by msid `<participant sid> <track sid>`.
+            for src in ["camera", "microphone"] {
+                let e = &v["after"][i][format!("{other}/{src}")];
+                let want = format!(
+                    "{} {}",
+                    e["participantSid"].as_str().unwrap(),
+                    e["sid"].as_str().unwrap()
+                );
+                assert_eq!(
+                    e["msid"].as_str(),
+                    Some(want.as_str()),
+                    "{me}: msid of {other}'s {src}: {v:#}"
+                );
+            }
         }
     }
 }
