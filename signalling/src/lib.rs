@@ -27,15 +27,15 @@
 //! The media plane never waits on this crate: commands to it go through
 //! channels, and nothing here sits on a packet's path.
 
-pub mod auth;
-pub mod model;
-pub mod metrics;
-pub mod webhooks;
-pub mod store;
-pub mod media;
-pub mod sfu_media;
-pub mod room;
-pub mod ws;
 pub mod api;
-pub mod state;
+pub mod auth;
 pub mod config;
+pub mod media;
+pub mod metrics;
+pub mod model;
+pub mod room;
+pub mod sfu_media;
+pub mod state;
+pub mod store;
+pub mod webhooks;
+pub mod ws;
