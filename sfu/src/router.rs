@@ -172,6 +172,12 @@ struct Track {
     /// last told are wanted, and since when each has been unwanted.
     announced: u8,
     unwanted_since: [Option<Instant>; MAX_LAYERS],
+    /// When each layer was last announced wanted again after being
+    /// stopped: until its packets arrive (the publisher's encoder takes a
+    /// while, seconds under CPU load) it keeps its stopped-layer price, or
+    /// the allocator would drop the subscriber that asked for it back to a
+    /// lower layer and dynacast would stop it again (flapping forever).
+    resumed_at: [Option<Instant>; MAX_LAYERS],
     /// The msid (stream id, track id) subscribers' m-lines carry, as the
     /// control plane named the track; `PA_<n>`/`TR_<n>_<mid>` until then.
     msid: Option<(String, String)>,
@@ -300,6 +306,10 @@ const SPEAKER_TICK: Duration = Duration::from_millis(200);
 /// is told it can stop sending it (dynacast). Long enough that a dip of the
 /// estimate or a subscriber switching tiles does not toggle the encoder.
 pub const DYNACAST_DELAY: Duration = Duration::from_secs(3);
+
+/// How long a layer announced wanted again keeps its stopped-layer price
+/// while none of its packets have arrived (see `Track::resumed_at`).
+const RESUME_GRACE: Duration = Duration::from_secs(5);
 
 /// How often the layers wanted of each track are recomputed.
 const DYNACAST_TICK: Duration = Duration::from_millis(200);
@@ -1009,6 +1019,7 @@ impl Router {
                     // Publishers start with every layer on.
                     announced: ((1u16 << rids.len().min(MAX_LAYERS)) - 1) as u8,
                     unwanted_since: [None; MAX_LAYERS],
+                    resumed_at: [None; MAX_LAYERS],
                     msid: None,
                 });
                 self.events.push_back(SfuEvent::TrackPublished {
@@ -1230,11 +1241,14 @@ impl Router {
                 (MediaKind::Video, _) => &[100_000, 400_000, 1_200_000],
             };
             // A layer stopped before it was ever measured (the publisher had
-            // not ramped up to it yet) likewise, or nobody could want it back.
+            // not ramped up to it yet) likewise, or nobody could want it back;
+            // and one just announced wanted again whose packets have not
+            // arrived yet keeps that price (`Track::resumed_at`).
             let unmeasured = t.layer_bps.iter().all(Option::is_none);
             for (i, (l, d)) in layers.iter_mut().zip(defaults).enumerate() {
-                if l.is_none() && (unmeasured || t.announced & (1 << i) == 0) {
-                    *l = Some(*d);
+                let resuming = t.resumed_at[i].is_some_and(|at| now.saturating_duration_since(at) < RESUME_GRACE);
+                if l.is_none() && (unmeasured || resuming || t.announced & (1 << i) == 0) {
+                    *l = Some(t.last_bps[i].unwrap_or(*d));
                 }
             }
             let max_layer = max_layer(t, d);
@@ -1270,6 +1284,7 @@ impl Router {
                     if let Some(l) = a.layer {
                         let rid = t.rids.get(usize::from(l)).copied();
                         if rid != d.target || was_paused {
+                            tracing::debug!(?participant, track = ?d.source, ?rid, estimate = estimate.as_u64(), probe = ?summary.probe_bps, "layer target");
                             d.target = rid;
                             switches.push((d.source, rid));
                         }
@@ -1320,7 +1335,12 @@ impl Router {
                 if t.muted || d.paused || d.bw_paused {
                     continue;
                 }
-                for rid in [d.target, d.current].into_iter().flatten() {
+                // The subscriber's explicit preference too, even above what
+                // it is allocated: a stopped layer has no measured rate and
+                // sends no packets, so without this the allocator's probe
+                // toward it could only succeed on the default price and the
+                // publisher would restart it only once allocated.
+                for rid in [d.target, d.current, d.pinned].into_iter().flatten() {
                     want |= 1 << layer_of(&t.rids, Some(rid));
                 }
             }
@@ -1328,6 +1348,9 @@ impl Router {
             for (l, since) in t.unwanted_since.iter_mut().enumerate().take(n) {
                 if want & (1 << l) != 0 {
                     *since = None;
+                    if next & (1 << l) == 0 {
+                        t.resumed_at[l] = Some(now);
+                    }
                     next |= 1 << l;
                 } else if now.saturating_duration_since(*since.get_or_insert(now)) >= DYNACAST_DELAY {
                     next &= !(1 << l);
@@ -1335,7 +1358,8 @@ impl Router {
             }
             if next != t.announced {
                 t.announced = next;
-                let rids = (0..n).filter(|l| next & (1 << l) != 0).map(|l| t.rids[l]).collect();
+                let rids: Vec<Rid> = (0..n).filter(|l| next & (1 << l) != 0).map(|l| t.rids[l]).collect();
+                tracing::debug!(track = ?id, ?rids, layer_bps = ?t.layer_bps, last_bps = ?t.last_bps, "layers wanted");
                 self.events.push_back(SfuEvent::LayersWanted { track: *id, rids });
             }
         }

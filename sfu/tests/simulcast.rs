@@ -287,6 +287,14 @@ fn twcc_estimate_falls_under_a_rate_limit_and_climbs_back() {
 /// connected. Returns (alice, bob, alice's client, bob's client, mid,
 /// publisher state).
 fn simulcast_room(net: &mut Net) -> (ParticipantId, ParticipantId, usize, usize, Mid, Publisher) {
+    simulcast_room_sending(net, [false; 3])
+}
+
+/// [`simulcast_room`] with the layers in `off` never sent.
+fn simulcast_room_sending(
+    net: &mut Net,
+    off: [bool; 3],
+) -> (ParticipantId, ParticipantId, usize, usize, Mid, Publisher) {
     let now = net.now;
     let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
     let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
@@ -307,7 +315,7 @@ fn simulcast_room(net: &mut Net) -> (ParticipantId, ParticipantId, usize, usize,
         sent: 0,
         force_key: [false; 3],
         requests: [0; 3],
-        off: [false; 3],
+        off,
     };
     run_for(net, &mut publisher, a, mid, 1000);
     let now = net.now;
@@ -432,4 +440,55 @@ fn dynacast_announces_unneeded_layers_and_restarts_them() {
     net.sfu.unsubscribe(now, bob, track).unwrap();
     run_for(&mut net, &mut publisher, a, mid, 4000);
     assert_eq!(wanted_since(&net, track, mark), Some(vec![]));
+}
+
+/// A publisher that had not ramped up to its top layer when dynacast
+/// stopped it (so it was never measured), and a subscriber whose estimate
+/// is below that layer's default price. Preferring it must get it wanted
+/// again at once; while the publisher's encoder takes its time restarting
+/// it, the subscriber is not dropped back (which would let dynacast stop it
+/// again); once packets arrive and the estimate allows, the subscriber gets
+/// it.
+#[test]
+fn preferred_layer_stopped_before_measured_is_wanted_and_reached() {
+    let mut net = Net::new();
+    // f is never sent (the publisher has not ramped up to it).
+    let (alice, bob, a, b, mid, mut publisher) = simulcast_room_sending(&mut net, [false, false, true]);
+    let track = TrackId { publisher: alice, mid };
+    let now = net.now;
+    // Room for h, not for f at its default price with headroom.
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::kbps(800)));
+    run_for(&mut net, &mut publisher, a, mid, 5000);
+    let wanted = wanted_since(&net, track, 0).expect("f goes unneeded");
+    assert!(!wanted.contains(&"f".to_string()), "{wanted:?}");
+    assert_eq!(layers_since(&net, b, 0).last().unwrap().1, 1, "bob on h");
+
+    // Bob prefers f: it is wanted again before it is affordable.
+    let mark = net.events.len();
+    let now = net.now;
+    net.sfu
+        .set_track_settings(now, bob, track, false, Some("f".into()))
+        .unwrap();
+    run_for(&mut net, &mut publisher, a, mid, 400);
+    let back = wanted_since(&net, track, mark).expect("f wanted again");
+    assert!(back.contains(&"f".to_string()), "{back:?}");
+
+    // The estimate allows f while the publisher has not restarted it yet
+    // (a slow encoder): bob heads for f and f stays wanted, past the
+    // dynacast delay.
+    let mark = net.events.len();
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(3)));
+    run_for(&mut net, &mut publisher, a, mid, 4000);
+    for e in &net.events[mark..] {
+        if let sfu::router::SfuEvent::LayersWanted { track: t, rids } = e {
+            assert!(*t != track || rids.contains(&"f".into()), "f stopped again: {rids:?}");
+        }
+    }
+
+    // f's packets arrive: bob switches to it.
+    publisher.off = [false; 3];
+    let vmark = video_count(&net, b);
+    run_for(&mut net, &mut publisher, a, mid, 2000);
+    assert_eq!(layers_since(&net, b, vmark).last().unwrap().1, 2, "bob on f");
 }
