@@ -292,6 +292,7 @@ pub struct Router {
     /// Active speaker detection per room.
     speakers: HashMap<String, SpeakerDetector>,
     next_speaker_tick: Option<Instant>,
+    next_keyframe_tick: Option<Instant>,
     /// Subscribers to reallocate before the next poll (a layer switch
     /// completed). Keeps its capacity.
     realloc: Vec<ParticipantId>,
@@ -301,6 +302,8 @@ pub struct Router {
 
 /// How often rooms' speaker rankings are recomputed.
 const SPEAKER_TICK: Duration = Duration::from_millis(200);
+/// How often owed (throttled) keyframe requests are looked for.
+const KEYFRAME_TICK: Duration = Duration::from_millis(100);
 
 /// How long no subscriber may need a simulcast layer before the publisher
 /// is told it can stop sending it (dynacast). Long enough that a dip of the
@@ -334,6 +337,7 @@ impl Router {
             next_id: 1,
             speakers: HashMap::new(),
             next_speaker_tick: None,
+            next_keyframe_tick: None,
             realloc: Vec::new(),
             next_realloc_tick: None,
             next_dynacast_tick: None,
@@ -933,6 +937,10 @@ impl Router {
             self.next_dynacast_tick = Some(now + DYNACAST_TICK);
             self.dynacast(now);
         }
+        if self.next_keyframe_tick.is_none_or(|t| t <= now) {
+            self.next_keyframe_tick = Some(now + KEYFRAME_TICK);
+            self.send_owed_keyframe_requests(now);
+        }
         if self.next_speaker_tick.is_none_or(|t| t <= now) {
             self.next_speaker_tick = Some(now + SPEAKER_TICK);
             for (room, det) in self.speakers.iter_mut() {
@@ -1143,7 +1151,8 @@ impl Router {
     }
 
     /// Asks the publisher for a keyframe on one layer, at most once per
-    /// [`crate::simulcast::KEYFRAME_THROTTLE`].
+    /// [`crate::simulcast::KEYFRAME_THROTTLE`]; a request inside the window
+    /// is owed and sent when it ends (see [`Router::send_owed_keyframe_requests`]).
     fn request_keyframe(&mut self, now: Instant, source: TrackId, rid: Option<Rid>, kind: KeyframeRequestKind) {
         let Some(track) = self.tracks.get_mut(&source) else {
             return;
@@ -1151,9 +1160,12 @@ impl Router {
         if track.kind != MediaKind::Video {
             return;
         }
-        if !track.keyframes.request(now, layer_of(&track.rids, rid) as u8) {
-            return;
+        if track.keyframes.request(now, layer_of(&track.rids, rid) as u8) {
+            self.send_keyframe_request(source, rid, kind);
         }
+    }
+
+    fn send_keyframe_request(&mut self, source: TrackId, rid: Option<Rid>, kind: KeyframeRequestKind) {
         let Some(pid) = self.participants.get(&source.publisher).map(|p| p.publisher) else {
             return;
         };
@@ -1164,6 +1176,24 @@ impl Router {
                 }
             });
             self.dirty.push(pid);
+        }
+    }
+
+    /// Sends the keyframe requests the throttle deferred. Without this, a
+    /// subscriber that joined within the throttle window of another never
+    /// got a picture from a browser publisher (seen by sfu-load's churn).
+    fn send_owed_keyframe_requests(&mut self, now: Instant) {
+        let mut owed: Vec<(TrackId, Option<Rid>)> = Vec::new();
+        for (id, track) in self.tracks.iter_mut() {
+            if !track.keyframes.has_pending() {
+                continue;
+            }
+            while let Some(layer) = track.keyframes.take_due(now) {
+                owed.push((*id, track.rids.get(usize::from(layer)).copied()));
+            }
+        }
+        for (id, rid) in owed {
+            self.send_keyframe_request(id, rid, KeyframeRequestKind::Pli);
         }
     }
 

@@ -85,6 +85,10 @@ pub fn allowed_max_layer(layers: &[LayerInfo], prefs: &Preferences) -> Option<u8
 #[derive(Clone, Debug, Default)]
 pub struct KeyframeRequester {
     last: [Option<Instant>; MAX_LAYERS],
+    /// A request refused by the throttle is owed, not dropped: the
+    /// subscriber that asked still has no picture until a keyframe comes,
+    /// and browsers send keyframes only when asked.
+    pending: [bool; MAX_LAYERS],
 }
 
 impl KeyframeRequester {
@@ -92,16 +96,39 @@ impl KeyframeRequester {
         Self::default()
     }
 
-    /// Whether to send a keyframe request (PLI/FIR) for `layer` now.
+    /// Whether to send a keyframe request (PLI/FIR) for `layer` now. When
+    /// the throttle says no, the request is remembered for [`Self::take_due`].
     pub fn request(&mut self, now: Instant, layer: u8) -> bool {
-        let Some(last) = self.last.get_mut(usize::from(layer)) else {
+        let i = usize::from(layer);
+        let Some(last) = self.last.get_mut(i) else {
             return false;
         };
         if last.is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_THROTTLE) {
+            self.pending[i] = true;
             return false;
         }
         *last = Some(now);
+        self.pending[i] = false;
         true
+    }
+
+    /// A layer whose owed request may go out now (its throttle window has
+    /// passed); marks it sent. Call until `None`.
+    pub fn take_due(&mut self, now: Instant) -> Option<u8> {
+        for i in 0..MAX_LAYERS {
+            let open = self.last[i].is_none_or(|at| now.saturating_duration_since(at) >= KEYFRAME_THROTTLE);
+            if self.pending[i] && open {
+                self.pending[i] = false;
+                self.last[i] = Some(now);
+                return Some(i as u8);
+            }
+        }
+        None
+    }
+
+    /// Whether any request is owed.
+    pub fn has_pending(&self) -> bool {
+        self.pending.iter().any(|p| *p)
     }
 }
 
@@ -163,5 +190,20 @@ mod tests {
         };
         assert_eq!(cap(paused), None);
         assert_eq!(allowed_max_layer(&[], &Preferences::default()), None);
+    }
+
+    #[test]
+    fn throttled_keyframe_requests_are_owed_not_dropped() {
+        let t0 = Instant::now();
+        let mut k = KeyframeRequester::new();
+        assert!(k.request(t0, 1));
+        assert!(!k.request(t0 + ms(100), 1), "inside the window");
+        assert!(k.has_pending());
+        assert_eq!(k.take_due(t0 + ms(400)), None, "window still open");
+        assert_eq!(k.take_due(t0 + ms(500)), Some(1));
+        assert_eq!(k.take_due(t0 + ms(500)), None, "sent once");
+        assert!(!k.has_pending());
+        // The owed request restarted the window.
+        assert!(!k.request(t0 + ms(600), 1));
     }
 }
