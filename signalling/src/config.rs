@@ -1041,6 +1041,15 @@ fn token_args(t: TokenCli, env: &dyn Fn(&str) -> Option<String>) -> Result<Token
     if t.grants.is_empty() {
         grants.room_join = true;
     }
+    // Naming some participant grants means exactly those: the others are
+    // off (not the full-participant default), and the token joins its room,
+    // so `--grant subscribe` mints a watch-only token.
+    if grants.can_publish.is_some() || grants.can_subscribe.is_some() || grants.can_publish_data.is_some() {
+        grants.room_join = true;
+        grants.can_publish.get_or_insert(false);
+        grants.can_subscribe.get_or_insert(false);
+        grants.can_publish_data.get_or_insert(false);
+    }
     grants.room = t.room.filter(|r| !r.trim().is_empty());
     let identity = t.identity.unwrap_or_default();
     if grants.room_join && (grants.room.is_none() || identity.trim().is_empty()) {
@@ -1476,9 +1485,27 @@ mod tests {
         assert_eq!(t.request.ttl, DEFAULT_TOKEN_TTL);
         let p = t.request.grants.permissions();
         assert!(
-            p.can_subscribe && p.can_publish && p.hidden,
-            "unset publish follows room_join"
+            p.can_subscribe && !p.can_publish && !p.can_publish_data && p.hidden,
+            "naming subscribe means a watch-only token"
         );
+
+        // The issue's example: publish and subscribe, joining the room, no data.
+        let t = token(
+            &[
+                "--room=r",
+                "--identity=i",
+                "--grant",
+                "publish",
+                "--grant",
+                "subscribe",
+                "--ttl",
+                "1h",
+            ],
+            &[("RTC_API_KEY", &format!("main={SECRET}"))],
+        )
+        .unwrap();
+        let p = t.request.grants.permissions();
+        assert!(t.request.grants.room_join && p.can_publish && p.can_subscribe && !p.can_publish_data);
 
         let t = token(
             &["--grant=admin", "--grant=room_list", "--api-key=k", "--api-secret=s"],
