@@ -38,6 +38,7 @@ pub mod engine;
 pub mod packet;
 pub mod pool;
 pub mod profile;
+pub mod report;
 pub mod router;
 pub mod scenario;
 pub mod spec;

@@ -24,8 +24,10 @@
 //! down = { rate_kbps = 3000 }
 //! ```
 //!
-//! `publish`, `subscribe` and `[[expect]]` tables are parsed and kept for
-//! the browser scenarios; this crate does not act on them yet.
+//! `publish` and `subscribe` are passed to the commands as environment
+//! variables for the browser scenarios. `[[expect]]` tables are checked
+//! after the run by [`crate::report::expect`] (those needing a browser
+//! client are listed as not evaluated).
 
 use std::time::Duration;
 
@@ -94,7 +96,7 @@ pub struct Scenario {
     #[serde(default)]
     pub server: NodeSpec,
     pub clients: Vec<NodeSpec>,
-    /// Expectations, checked by the scenario runner that comes with the SFU.
+    /// Expectations, see [`crate::report::expect`].
     #[serde(default)]
     pub expect: Vec<toml::Table>,
 }

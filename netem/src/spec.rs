@@ -97,6 +97,48 @@ fn check(field: &'static str, value: f64, min: f64, max: f64) -> Result<(), Spec
 }
 
 impl LinkSpec {
+    /// The fields that are set, in human units ("rate 500 kbit/s, loss 2%").
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = self.rate_kbps {
+            parts.push(format!("rate {v} kbit/s"));
+        }
+        if let Some(v) = self.delay_ms {
+            parts.push(format!("delay {v} ms"));
+        }
+        if let Some(v) = self.jitter_ms {
+            parts.push(format!("jitter ±{v} ms"));
+        }
+        if let Some(v) = self.loss_pct {
+            parts.push(format!("loss {v}%"));
+        }
+        if let Some(g) = self.gilbert_elliott {
+            parts.push(format!("bursts p={} r={}", g.p, g.r));
+        }
+        if let Some(v) = self.queue_ms {
+            parts.push(format!("queue {v} ms"));
+        }
+        if let Some(v) = self.queue_bytes {
+            parts.push(format!("queue {v} B"));
+        }
+        if let Some(v) = self.queue_packets {
+            parts.push(format!("queue {v} pkts"));
+        }
+        if let Some(v) = self.reorder_pct {
+            parts.push(format!("reorder {v}%"));
+        }
+        if let Some(v) = self.reorder_extra_ms {
+            parts.push(format!("reorder +{v} ms"));
+        }
+        if let Some(v) = self.duplicate_pct {
+            parts.push(format!("duplicate {v}%"));
+        }
+        if let Some(b) = self.block {
+            parts.push(format!("block {}", format!("{b:?}").to_lowercase()));
+        }
+        parts.join(", ")
+    }
+
     /// This spec laid over `base`: fields set here win.
     pub fn over(&self, base: &LinkSpec) -> LinkSpec {
         macro_rules! pick {

@@ -2,18 +2,23 @@
 //!
 //! - `netem up --clients N [--profile NAME]`: server + N client namespaces,
 //!   router in the foreground until Ctrl-C, then teardown and counters.
-//! - `netem run SCENARIO.toml`: topology and links from the file, each
-//!   node's `command` run inside its namespace, stopped after `duration_s`.
+//! - `netem run SCENARIO.toml [--out DIR]`: topology and links from the
+//!   file, each node's `command` run inside its namespace, stopped after
+//!   `duration_s`; writes `timeline.json` (every 250 ms), `timeline.svg`
+//!   and `summary.md` (the `[[expect]]` table) and fails if one fails.
 //! - `netem down [--all]`: remove namespaces left by runs that were killed.
 //! - `netem profiles`: the named profiles and their parameters.
 
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, Subcommand};
 use netem::profile;
+use netem::report::timeline::{Recorder, Timeline, INTERVAL};
+use netem::report::{expect, plot};
 use netem::router::{LinkConfig, Report, Router};
 use netem::scenario::Scenario;
 use netem::spec::{build_link, LinkSpec};
@@ -41,8 +46,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Run a scenario file.
-    Run { scenario: String },
+    /// Run a scenario file; writes timeline.json, timeline.svg and
+    /// summary.md, and fails if an expectation fails.
+    Run {
+        scenario: String,
+        /// Output directory (default: netem-out/<scenario-name>-<unix time>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Remove leftover rig namespaces of runs that are no longer alive.
     Down {
         /// Also remove namespaces of runs still alive.
@@ -57,7 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Up { clients, profile, seed } => up(clients, profile.as_deref(), seed),
-        Cmd::Run { scenario } => run(&scenario),
+        Cmd::Run { scenario, out } => run(&scenario, out),
         Cmd::Down { all } => down(all),
         Cmd::Profiles => {
             profiles();
@@ -119,22 +130,50 @@ fn up(clients: usize, profile_name: Option<&str>, seed: u64) -> Result<(), AnyEr
     Ok(())
 }
 
-fn run(path: &str) -> Result<(), AnyError> {
+/// `netem-out/<scenario name as a slug>-<unix time>`.
+fn default_out_dir(name: &str) -> PathBuf {
+    let mut slug = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PathBuf::from("netem-out").join(format!("{}-{unix}", if slug.is_empty() { "scenario" } else { slug }))
+}
+
+fn run(path: &str, out: Option<PathBuf>) -> Result<(), AnyError> {
     topology::preflight()?;
     let scenario = Scenario::load(path)?;
     let configs = scenario.link_configs()?;
+    let file_stem = Path::new(path)
+        .file_stem()
+        .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned());
+    let timeline = Timeline::for_scenario(&scenario, &file_stem);
+    let out = out.unwrap_or_else(|| default_out_dir(&timeline.scenario));
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     let nodes = scenario.nodes();
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     let stop = signals::install();
     let (topo, tuns) = Topology::build(&names)?;
     let mut router = Router::new(&topo, tuns, configs, scenario.seed)?;
+    // Schedules count from the router's creation: t = 0 of the timeline.
+    let mut recorder = Recorder::new(timeline, Instant::now());
+    recorder.record(&router.report());
     let router_stop = AtomicBool::new(false);
     let server_addr = topo.nodes()[0].addr;
 
     let report = std::thread::scope(|s| -> Result<Report, AnyError> {
         let forwarding = s.spawn(|| {
-            let r = router.run(&router_stop);
-            (r, router.report())
+            let r = router.run_with(&router_stop, INTERVAL, |r| recorder.record(&r.report()));
+            let report = router.report();
+            recorder.record(&report);
+            (r, report)
         });
         let mut children: Vec<(String, Child)> = Vec::new();
         let mut spawn_error = None;
@@ -191,11 +230,25 @@ fn run(path: &str) -> Result<(), AnyError> {
         Ok(report)
     })?;
     print_report(&report);
-    if !scenario.expect.is_empty() {
-        println!(
-            "{} expectation(s) listed; evaluating them needs the scenario runner (not built yet)",
-            scenario.expect.len()
-        );
+
+    let timeline = recorder.finish();
+    let write = |name: &str, text: &str| -> Result<(), AnyError> {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()).into())
+    };
+    write("timeline.json", &(timeline.to_json() + "\n"))?;
+    write("timeline.svg", &plot::svg(&timeline))?;
+    let checks = expect::evaluate(&scenario.expect, &timeline);
+    let summary = expect::summary_markdown(&timeline.scenario, &checks);
+    write("summary.md", &summary)?;
+    println!("\n{summary}");
+    println!(
+        "wrote {0}/timeline.json, {0}/timeline.svg, {0}/summary.md",
+        out.display()
+    );
+    let failed = checks.iter().filter(|c| c.outcome == expect::Outcome::Failed).count();
+    if failed > 0 {
+        return Err(format!("{failed} expectation(s) failed").into());
     }
     Ok(())
 }
@@ -246,26 +299,7 @@ fn down(all: bool) -> Result<(), AnyError> {
 }
 
 fn fmt_spec(s: &LinkSpec) -> String {
-    let mut parts = Vec::new();
-    if let Some(v) = s.rate_kbps {
-        parts.push(format!("rate {v} kbit/s"));
-    }
-    if let Some(v) = s.delay_ms {
-        parts.push(format!("delay {v} ms"));
-    }
-    if let Some(v) = s.jitter_ms {
-        parts.push(format!("jitter ±{v} ms"));
-    }
-    if let Some(v) = s.loss_pct {
-        parts.push(format!("loss {v}%"));
-    }
-    if let Some(g) = s.gilbert_elliott {
-        parts.push(format!("bursts p={} r={}", g.p, g.r));
-    }
-    if let Some(v) = s.queue_ms {
-        parts.push(format!("queue {v} ms"));
-    }
-    parts.join(", ")
+    s.describe()
 }
 
 fn profiles() {
