@@ -13,12 +13,12 @@
 //! values; its error messages are rewritten to name the `--turn-` flag.
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use relay::config::layers::{self, nonempty, LayerError};
 use relay::config::{LogFormat, RelayConfig};
 use thiserror::Error;
 
@@ -130,40 +130,20 @@ pub enum Invocation {
     Token(TokenArgs),
 }
 
-/// Where a setting came from, so an error points at the line to fix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    Flag,
-    Env,
-    File(PathBuf),
+/// Says which environment variables (`RTC_*`) feed rtc-server's flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerEnv;
+
+impl layers::EnvPrefix for ServerEnv {
+    const PREFIX: &'static str = "RTC_";
+    const EXAMPLE_KEYS: &'static str = "http-listen, api-key";
 }
+
+/// Where a setting came from, so an error points at the line to fix.
+pub type Source = layers::Source<ServerEnv>;
 
 /// One flag as given by one source.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Setting {
-    /// The long flag name, e.g. `"http-listen"`.
-    pub flag: &'static str,
-    pub source: Source,
-}
-
-impl Setting {
-    fn flag(flag: &'static str) -> Setting {
-        Setting {
-            flag,
-            source: Source::Flag,
-        }
-    }
-}
-
-impl fmt::Display for Setting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Source::Flag => write!(f, "--{}", self.flag),
-            Source::Env => write!(f, "{} (--{})", env_var(self.flag), self.flag),
-            Source::File(p) => write!(f, "{} in {} (--{})", self.flag, p.display(), self.flag),
-        }
-    }
-}
+pub type Setting = layers::Setting<ServerEnv>;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -213,6 +193,19 @@ pub enum ConfigError {
     Turn(String),
     #[error("token: {0}")]
     Token(String),
+}
+
+impl From<LayerError<ServerEnv>> for ConfigError {
+    fn from(e: LayerError<ServerEnv>) -> Self {
+        match e {
+            LayerError::ReadFile { path, source } => ConfigError::ReadFile { path, source },
+            LayerError::TomlSyntax { path, source } => ConfigError::TomlSyntax { path, source },
+            LayerError::UnknownKey { path, key } => ConfigError::UnknownKey { path, key },
+            LayerError::DuplicateKey { path, key } => ConfigError::DuplicateKey { path, key },
+            LayerError::WrongType { at, expected } => ConfigError::WrongType { at, expected },
+            LayerError::Invalid { at, value, expected } => ConfigError::Invalid { at, value, expected },
+        }
+    }
 }
 
 const SOURCES_HELP: &str = "\
@@ -359,160 +352,19 @@ pub fn load_from(
 }
 
 fn env_var(flag: &str) -> String {
-    format!("RTC_{}", flag.to_ascii_uppercase().replace('-', "_"))
-}
-
-fn nonempty(v: Option<String>) -> Option<String> {
-    // An empty variable is how compose files and shells say "not set".
-    v.filter(|s| !s.trim().is_empty())
+    layers::env_var::<ServerEnv>(flag)
 }
 
 /// The non-flag sources, consulted in order for each flag.
-struct Layers<'a> {
-    env: &'a dyn Fn(&str) -> Option<String>,
-    file: Option<(PathBuf, toml::Table)>,
-}
-
-impl Layers<'_> {
-    fn scalar(&mut self, flag: &'static str, cli: Option<String>) -> Result<Option<(String, Setting)>, ConfigError> {
-        if let Some(v) = cli {
-            return Ok(Some((v, Setting::flag(flag))));
-        }
-        if let Some(v) = nonempty((self.env)(&env_var(flag))) {
-            let at = Setting {
-                flag,
-                source: Source::Env,
-            };
-            return Ok(Some((v.trim().to_string(), at)));
-        }
-        if let Some((path, table)) = &mut self.file {
-            if let Some(v) = table.remove(flag) {
-                let at = Setting {
-                    flag,
-                    source: Source::File(path.clone()),
-                };
-                return toml_scalar(v, &at).map(|s| Some((s, at)));
-            }
-        }
-        Ok(None)
-    }
-
-    fn list(&mut self, flag: &'static str, cli: Vec<String>) -> Result<(Vec<String>, Setting), ConfigError> {
-        if !cli.is_empty() {
-            return Ok((cli, Setting::flag(flag)));
-        }
-        if let Some(v) = nonempty((self.env)(&env_var(flag))) {
-            let items = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from);
-            let at = Setting {
-                flag,
-                source: Source::Env,
-            };
-            return Ok((items.collect(), at));
-        }
-        if let Some((path, table)) = &mut self.file {
-            let at = Setting {
-                flag,
-                source: Source::File(path.clone()),
-            };
-            if let Some(v) = table.remove(flag) {
-                let items = match v {
-                    toml::Value::Array(a) => a.into_iter().map(|v| toml_scalar(v, &at)).collect::<Result<_, _>>()?,
-                    v => vec![toml_scalar(v, &at)?],
-                };
-                return Ok((items, at));
-            }
-        }
-        Ok((Vec::new(), Setting::flag(flag)))
-    }
-
-    fn switch(&mut self, flag: &'static str, cli: bool) -> Result<Option<Setting>, ConfigError> {
-        if cli {
-            return Ok(Some(Setting::flag(flag)));
-        }
-        if let Some(v) = nonempty((self.env)(&env_var(flag))) {
-            let at = Setting {
-                flag,
-                source: Source::Env,
-            };
-            return match parse_bool(&v) {
-                Some(true) => Ok(Some(at)),
-                Some(false) => Ok(None),
-                None => Err(ConfigError::Invalid {
-                    at,
-                    value: v,
-                    expected: "true or false",
-                }),
-            };
-        }
-        if let Some((path, table)) = &mut self.file {
-            if let Some(v) = table.remove(flag) {
-                let at = Setting {
-                    flag,
-                    source: Source::File(path.clone()),
-                };
-                return match v.as_bool() {
-                    Some(true) => Ok(Some(at)),
-                    Some(false) => Ok(None),
-                    None => Err(ConfigError::WrongType {
-                        at,
-                        expected: "true or false",
-                    }),
-                };
-            }
-        }
-        Ok(None)
-    }
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn toml_scalar(v: toml::Value, at: &Setting) -> Result<String, ConfigError> {
-    match v {
-        toml::Value::String(s) => Ok(s),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        _ => Err(ConfigError::WrongType {
-            at: at.clone(),
-            expected: "a string or an integer",
-        }),
-    }
-}
+type Layers<'a> = layers::Layers<'a, ServerEnv>;
 
 fn read_toml(path: PathBuf, known: &HashSet<String>) -> Result<(PathBuf, toml::Table), ConfigError> {
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
-        path: path.clone(),
-        source,
-    })?;
-    let raw: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::TomlSyntax {
-        path: path.clone(),
-        source,
-    })?;
-    let mut table = toml::Table::new();
-    for (key, value) in raw {
-        let norm = key.replace('_', "-");
-        if !known.contains(&norm) {
-            return Err(ConfigError::UnknownKey { path, key });
-        }
-        if table.insert(norm.clone(), value).is_some() {
-            return Err(ConfigError::DuplicateKey { path, key: norm });
-        }
-    }
-    Ok((path, table))
+    Ok(layers::read_toml(path, known)?)
 }
 
 /// The server's long flags, which are exactly the accepted TOML keys.
 fn known_keys() -> HashSet<String> {
-    command()
-        .get_arguments()
-        .filter_map(|a| a.get_long())
-        .filter(|l| !matches!(*l, "help" | "version" | "config"))
-        .map(String::from)
-        .collect()
+    layers::known_keys(&command())
 }
 
 fn parse_addr(v: &str, at: &Setting) -> Result<SocketAddr, ConfigError> {
@@ -563,7 +415,7 @@ fn build(
         .config
         .or_else(|| nonempty(env(&env_var("config"))).map(PathBuf::from));
     let file = config_path.map(|p| read_toml(p, &known_keys())).transpose()?;
-    let mut l = Layers { env, file };
+    let mut l = Layers::new(env, file);
 
     let http_listen = match l.scalar("http-listen", args.http_listen)? {
         Some((v, at)) => parse_addr(&v, &at)?,
@@ -1004,7 +856,7 @@ fn token_args(t: TokenCli, env: &dyn Fn(&str) -> Option<String>) -> Result<Token
         }
         None => None,
     };
-    let mut l = Layers { env, file };
+    let mut l = Layers::new(env, file);
     let (raw, at) = l.list("api-key", Vec::new())?;
     let configured = parse_api_keys(&raw, &at)?;
     let api_key = match t.api_key {

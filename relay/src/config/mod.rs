@@ -13,7 +13,6 @@
 //! so that every source gets the same checks and the same error messages.
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -23,6 +22,9 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use thiserror::Error;
 
+pub mod layers;
+
+use self::layers::{nonempty, LayerError};
 use crate::credentials::{CredentialsArgs, DEFAULT_TTL_SECS, DEFAULT_URLS};
 use crate::turn::auth::AuthConfig;
 use crate::turn::peer_filter::{Cidr, CidrError, PeerFilter};
@@ -80,31 +82,20 @@ pub enum Invocation {
     Credentials(CredentialsArgs),
 }
 
-/// Where a setting came from, so an error points at the line to fix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Source {
-    Flag,
-    Env,
-    File(PathBuf),
+/// Says which environment variables (`RTC_RELAY_*`) feed rtc-relay's flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayEnv;
+
+impl layers::EnvPrefix for RelayEnv {
+    const PREFIX: &'static str = "RTC_RELAY_";
+    const EXAMPLE_KEYS: &'static str = "listen, auth-secret, realm";
 }
+
+/// Where a setting came from, so an error points at the line to fix.
+pub type Source = layers::Source<RelayEnv>;
 
 /// One flag as given by one source.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Setting {
-    /// The long flag name without dashes, e.g. `"relay-ports"`.
-    pub flag: &'static str,
-    pub source: Source,
-}
-
-impl fmt::Display for Setting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Source::Flag => write!(f, "--{}", self.flag),
-            Source::Env => write!(f, "{} (--{})", env_var(self.flag), self.flag),
-            Source::File(p) => write!(f, "{} in {} (--{})", self.flag, p.display(), self.flag),
-        }
-    }
-}
+pub type Setting = layers::Setting<RelayEnv>;
 
 /// Why the configuration was refused. Each message names the setting to fix.
 #[derive(Debug, Error)]
@@ -177,6 +168,19 @@ pub enum ConfigError {
         "credentials: no secret; give --secret SECRET or set RTC_RELAY_AUTH_SECRET (the relay's first secret is used)"
     )]
     NoSecret,
+}
+
+impl From<LayerError<RelayEnv>> for ConfigError {
+    fn from(e: LayerError<RelayEnv>) -> Self {
+        match e {
+            LayerError::ReadFile { path, source } => ConfigError::ReadFile { path, source },
+            LayerError::TomlSyntax { path, source } => ConfigError::TomlSyntax { path, source },
+            LayerError::UnknownKey { path, key } => ConfigError::UnknownKey { path, key },
+            LayerError::DuplicateKey { path, key } => ConfigError::DuplicateKey { path, key },
+            LayerError::WrongType { at, expected } => ConfigError::WrongType { at, expected },
+            LayerError::Invalid { at, value, expected } => ConfigError::Invalid { at, value, expected },
+        }
+    }
 }
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3478);
@@ -367,12 +371,7 @@ pub fn load_from(
 }
 
 fn env_var(flag: &str) -> String {
-    format!("RTC_RELAY_{}", flag.to_ascii_uppercase().replace('-', "_"))
-}
-
-fn nonempty(v: Option<String>) -> Option<String> {
-    // An empty variable is how compose files and shells say "not set".
-    v.filter(|s| !s.trim().is_empty())
+    layers::env_var::<RelayEnv>(flag)
 }
 
 fn credentials_args(c: CredentialsCli, env: &dyn Fn(&str) -> Option<String>) -> Result<CredentialsArgs, ConfigError> {
@@ -418,155 +417,21 @@ fn credentials_args(c: CredentialsCli, env: &dyn Fn(&str) -> Option<String>) -> 
 }
 
 /// The three non-flag sources, consulted in order for each flag.
-struct Layers<'a> {
-    env: &'a dyn Fn(&str) -> Option<String>,
-    file: Option<(PathBuf, toml::Table)>,
+type Layers<'a> = layers::Layers<'a, RelayEnv>;
+
+/// rtc-relay's own kinds of value on top of the shared layers.
+trait RelayLayers {
+    fn addr(&mut self, flag: &'static str, cli: Option<String>) -> Result<Option<SocketAddr>, ConfigError>;
 }
 
-impl Layers<'_> {
-    fn scalar(&mut self, flag: &'static str, cli: Option<String>) -> Result<Option<(String, Setting)>, ConfigError> {
-        if let Some(v) = cli {
-            return Ok(Some((
-                v,
-                Setting {
-                    flag,
-                    source: Source::Flag,
-                },
-            )));
-        }
-        if let Some(v) = nonempty((self.env)(&env_var(flag))) {
-            return Ok(Some((
-                v.trim().to_string(),
-                Setting {
-                    flag,
-                    source: Source::Env,
-                },
-            )));
-        }
-        if let Some((path, table)) = &mut self.file {
-            if let Some(v) = table.remove(flag) {
-                let at = Setting {
-                    flag,
-                    source: Source::File(path.clone()),
-                };
-                return toml_scalar(v, &at).map(|s| Some((s, at)));
-            }
-        }
-        Ok(None)
-    }
-
-    fn list(&mut self, flag: &'static str, cli: Vec<String>) -> Result<(Vec<String>, Setting), ConfigError> {
-        if !cli.is_empty() {
-            return Ok((
-                cli,
-                Setting {
-                    flag,
-                    source: Source::Flag,
-                },
-            ));
-        }
-        if let Some(v) = nonempty((self.env)(&env_var(flag))) {
-            let items = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-            return Ok((
-                items,
-                Setting {
-                    flag,
-                    source: Source::Env,
-                },
-            ));
-        }
-        if let Some((path, table)) = &mut self.file {
-            let at = Setting {
-                flag,
-                source: Source::File(path.clone()),
-            };
-            if let Some(v) = table.remove(flag) {
-                let items = match v {
-                    toml::Value::Array(a) => a.into_iter().map(|v| toml_scalar(v, &at)).collect::<Result<_, _>>()?,
-                    v => vec![toml_scalar(v, &at)?],
-                };
-                return Ok((items, at));
-            }
-        }
-        Ok((
-            Vec::new(),
-            Setting {
-                flag,
-                source: Source::Flag,
-            },
-        ))
-    }
-
-    fn switch(&mut self, flag: &'static str, cli: bool) -> Result<bool, ConfigError> {
-        if cli {
-            return Ok(true);
-        }
-        if let Some(v) = nonempty((self.env)(&env_var(flag))) {
-            return parse_bool(&v).ok_or(ConfigError::Invalid {
-                at: Setting {
-                    flag,
-                    source: Source::Env,
-                },
-                value: v,
-                expected: "true or false",
-            });
-        }
-        if let Some((path, table)) = &mut self.file {
-            if let Some(v) = table.remove(flag) {
-                return v.as_bool().ok_or(ConfigError::WrongType {
-                    at: Setting {
-                        flag,
-                        source: Source::File(path.clone()),
-                    },
-                    expected: "true or false",
-                });
-            }
-        }
-        Ok(false)
-    }
-
-    fn number<T: FromStr>(&mut self, flag: &'static str, cli: Option<String>, default: T) -> Result<T, ConfigError> {
-        match self.scalar(flag, cli)? {
-            Some((v, at)) => parse_number(&v, at),
-            None => Ok(default),
-        }
-    }
-
+impl RelayLayers for Layers<'_> {
     fn addr(&mut self, flag: &'static str, cli: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
         self.scalar(flag, cli)?.map(|(v, at)| parse_addr(&v, &at)).transpose()
     }
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn toml_scalar(v: toml::Value, at: &Setting) -> Result<String, ConfigError> {
-    match v {
-        toml::Value::String(s) => Ok(s),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        _ => Err(ConfigError::WrongType {
-            at: at.clone(),
-            expected: "a string or an integer",
-        }),
-    }
-}
-
 fn parse_number<T: FromStr>(v: &str, at: Setting) -> Result<T, ConfigError> {
-    v.trim().parse().map_err(|_| ConfigError::Invalid {
-        at,
-        value: v.to_string(),
-        expected: "a non-negative integer",
-    })
+    Ok(layers::parse_number(v, at)?)
 }
 
 fn parse_addr(v: &str, at: &Setting) -> Result<SocketAddr, ConfigError> {
@@ -655,36 +520,12 @@ fn one_per_family(ips: &[IpAddr], at: &Setting) -> Result<(Option<Ipv4Addr>, Opt
 }
 
 fn read_toml(path: PathBuf, known: &HashSet<String>) -> Result<(PathBuf, toml::Table), ConfigError> {
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
-        path: path.clone(),
-        source,
-    })?;
-    let raw: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::TomlSyntax {
-        path: path.clone(),
-        source,
-    })?;
-    let mut table = toml::Table::new();
-    for (key, value) in raw {
-        let norm = key.replace('_', "-");
-        if !known.contains(&norm) {
-            return Err(ConfigError::UnknownKey { path, key });
-        }
-        if table.insert(norm.clone(), value).is_some() {
-            return Err(ConfigError::DuplicateKey { path, key: norm });
-        }
-    }
-    Ok((path, table))
+    Ok(layers::read_toml(path, known)?)
 }
 
-/// The run command's long flags, which are exactly the accepted TOML keys, so
-/// a new flag is a new key without a second list to keep in sync.
+/// The run command's long flags, which are exactly the accepted TOML keys.
 fn known_keys() -> HashSet<String> {
-    Cli::command()
-        .get_arguments()
-        .filter_map(|a| a.get_long())
-        .filter(|l| !matches!(*l, "help" | "version" | "config"))
-        .map(String::from)
-        .collect()
+    layers::known_keys(&Cli::command())
 }
 
 fn read_pem(at: &Setting, path: &Path) -> Result<Vec<u8>, ConfigError> {
@@ -734,7 +575,7 @@ fn build(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(RelayCo
         .config
         .or_else(|| nonempty(env(&env_var("config"))).map(PathBuf::from));
     let file = config_path.map(|p| read_toml(p, &known_keys())).transpose()?;
-    let mut l = Layers { env, file };
+    let mut l = Layers::new(env, file);
 
     // Listeners.
     let (raw, at) = l.list("listen", args.listen)?;
@@ -889,7 +730,7 @@ fn build(args: RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<(RelayCo
     };
     let allow = cidrs("allow-peer", args.allow_peer)?;
     let deny = cidrs("deny-peer", args.deny_peer)?;
-    let allow_loopback = l.switch("allow-loopback-peers", args.allow_loopback_peers)?;
+    let allow_loopback = l.switch("allow-loopback-peers", args.allow_loopback_peers)?.is_some();
 
     // Limits.
     let user_quota: usize = l.number("user-quota", args.user_quota, 0)?;
