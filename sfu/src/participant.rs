@@ -344,13 +344,36 @@ impl Peer {
 
     /// Accepts a client offer (publisher connection, or a client-initiated
     /// renegotiation) and returns the answer SDP.
+    ///
+    /// An offer with new ICE credentials is an ICE restart: str0m answers it
+    /// with fresh local credentials of its own, whose ufrag lacks the shard
+    /// tag the mux routes new tuples by. They are tagged here, like at
+    /// creation, and `self.ufrag` follows (the caller re-registers it).
     pub fn accept_offer(&mut self, sdp: &str) -> Result<String, Error> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
-        let answer = self
-            .guard(|rtc| rtc.sdp_api().accept_offer(offer))
+        let old = self.ufrag.clone();
+        let tag = old.get(..3).unwrap_or_default().to_string();
+        let (answer, retagged) = self
+            .guard(|rtc| {
+                let answer = rtc.sdp_api().accept_offer(offer)?;
+                let mut creds = rtc.direct_api().local_ice_credentials();
+                if creds.ufrag == old {
+                    return Ok((answer, None));
+                }
+                let fresh = creds.ufrag.clone();
+                creds.ufrag = format!("{tag}{fresh}");
+                rtc.direct_api().set_local_ice_credentials(creds.clone());
+                Ok((answer, Some((fresh, creds.ufrag))))
+            })
             .ok_or(Error::Panicked)?
-            .map_err(|e| Error::Sdp(e.to_string()))?;
-        Ok(answer.to_sdp_string())
+            .map_err(|e: str0m::RtcError| Error::Sdp(e.to_string()))?;
+        let mut answer = answer.to_sdp_string();
+        if let Some((fresh, tagged)) = retagged {
+            answer = answer.replace(&format!("a=ice-ufrag:{fresh}"), &format!("a=ice-ufrag:{tagged}"));
+            tracing::debug!(old = %old, new = %tagged, "ICE restart");
+            self.ufrag = tagged;
+        }
+        Ok(answer)
     }
 
     /// Accepts the client's answer to our pending offer.

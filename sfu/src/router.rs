@@ -440,7 +440,15 @@ impl Router {
         tx: &mut dyn FnMut(&Transmit),
     ) -> Result<String, Error> {
         let pid = self.participants.get(&id).ok_or(Error::Unknown)?.publisher;
-        let answer = self.peer_mut(pid).ok_or(Error::Unknown)?.accept_offer(sdp)?;
+        let peer = self.peer_mut(pid).ok_or(Error::Unknown)?;
+        let old = peer.ufrag.clone();
+        let answer = peer.accept_offer(sdp)?;
+        let new = peer.ufrag.clone();
+        if new != old {
+            // ICE restart: new tuples now come with checks for the new ufrag.
+            self.mux.remove_peer(&old, pid, &[]);
+            self.mux.add_peer(&new, pid);
+        }
         self.drain_peer(now, pid, tx);
         self.settle(now, tx);
         Ok(answer)

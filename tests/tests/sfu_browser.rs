@@ -518,3 +518,51 @@ fn data_reaches_everyone_or_only_the_named() {
         texts("ann")
     );
 }
+
+/// Test 7: ICE restart: once ben decodes ann's camera, ann's SDK takes its
+/// own "publisher ICE failed" path, which re-offers with `iceRestart` on the
+/// same session. Her publisher gets a new local ufrag (in the local
+/// description and in getStats' transport), is connected again, the room
+/// goes reconnecting -> reconnected, and ben's framesDecoded keeps rising.
+#[test]
+fn publisher_ice_restart_keeps_media() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("ice-restart");
+    let v = server.run(
+        "sfu_ice_restart.mjs",
+        json!({ "room": "ice-restart", "timeoutMs": 20000 }),
+    );
+    let before = &v["pubBefore"];
+    let after = &v["pubAfter"];
+    assert!(
+        v["triggered"]["restarting"].as_bool() == Some(true),
+        "the SDK did not start an ICE restart: {v:#}"
+    );
+    let old = before["localUfrag"].as_str().expect("ufrag before");
+    let new = after["localUfrag"].as_str().expect("ufrag after");
+    assert_ne!(old, new, "the publisher's local ufrag did not change: {v:#}");
+    assert_eq!(before["statsUfrag"].as_str(), Some(old), "{v:#}");
+    assert_eq!(after["statsUfrag"].as_str(), Some(new), "{v:#}");
+    assert_eq!(after["connectionState"], "connected", "{v:#}");
+    assert_eq!(before["sid"], after["sid"], "the restart changed the session: {v:#}");
+    let events: Vec<&str> = v["pubEnd"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        events.iter().any(|e| e.starts_with("reconnecting")) && events.iter().any(|e| e.starts_with("reconnected")),
+        "ann's room did not go through reconnecting/reconnected: {events:?}"
+    );
+    assert!(!events.iter().any(|e| e.starts_with("disconnected")), "{events:?}");
+    let at_restart = u64_at(&v, "/framesAtRestart");
+    let later = u64_at(&v, "/afterRestart/after");
+    assert!(
+        later >= at_restart + 30 && later > u64_at(&v, "/afterRestart/before"),
+        "ben's framesDecoded stopped rising after the restart: {v:#}"
+    );
+    assert!(v["errors"][0].is_null() && v["errors"][1].is_null(), "{v:#}");
+}

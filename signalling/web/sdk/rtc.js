@@ -944,16 +944,21 @@ export class Room extends EventEmitter {
 
   // -- connection ------------------------------------------------------------
 
-  _requireSignal() {
-    if (!this._signal || this._signal.closed || this.state === "reconnecting") {
+  /**
+   * The open signalling connection. While reconnecting only an ICE restart
+   * (`iceRestart`) may use it: the WebSocket is up then, the media path is not.
+   */
+  _requireSignal({ iceRestart = false } = {}) {
+    const resuming = this.state === "reconnecting" && !(iceRestart && !this._reconnecting);
+    if (!this._signal || this._signal.closed || resuming) {
       throw new RtcError("disconnected", "not connected to the room (reconnecting or left)");
     }
     return this._signal;
   }
 
-  _request(type, fields, opts) {
+  _request(type, fields, opts, { iceRestart = false } = {}) {
     try {
-      return this._requireSignal().request(type, fields, opts);
+      return this._requireSignal({ iceRestart }).request(type, fields, opts);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -1263,7 +1268,9 @@ export class Room extends EventEmitter {
         this.emit(RoomEvent.Reconnecting, "publisher ICE failed; restarting ICE");
       }
       this._iceRestarting = pc;
-      this._negotiatePublisher({ iceRestart: true }).catch((e) => {
+      // Connected already once the answer is in (the path recovered by
+      // itself, or the restart was quick): no state change will tell us.
+      this._negotiatePublisher({ iceRestart: true }).then(() => this._onIceState(pc), (e) => {
         console.warn("rtc: ICE restart failed:", e.message);
         // The media plane cannot restart: a new session restores media.
         this._forceFreshSession("ICE restart failed");
@@ -1315,6 +1322,7 @@ export class Room extends EventEmitter {
         "offer",
         { sdp: pc.localDescription.sdp, target: "publisher" },
         { match: (m) => m.type === "answer" && m.target === "publisher" },
+        { iceRestart },
       );
       await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
       this._flushCandidates("publisher");
