@@ -10,7 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use relay::io::reuseport;
+use socket2::Type;
 use str0m::bwe::Bitrate;
 use str0m::media::Rid;
 use tokio::sync::{mpsc, oneshot};
@@ -86,11 +87,11 @@ impl Sfu {
         let mut tcp_listeners = Vec::new();
         let mut tcp_local = None;
         if let Some(addr) = cfg.tcp_listen {
-            let first = bind_tcp(addr)?;
+            let first = reuseport::bind_tcp(addr)?;
             let bound = first.local_addr()?;
             tcp_listeners.push(first);
             for _ in 1..n {
-                tcp_listeners.push(bind_tcp(bound)?);
+                tcp_listeners.push(reuseport::bind_tcp(bound)?);
             }
             let ip = cfg.advertise_ip.unwrap_or(bound.ip());
             if ip.is_unspecified() {
@@ -387,56 +388,13 @@ impl Drop for Sfu {
     }
 }
 
-/// Fails if another socket holds `addr`. Our shards join the port with
-/// `SO_REUSEPORT`, which the kernel grants to any socket of the same user
-/// that also sets it, so a second SFU on the same port would start fine and
-/// silently get part of the first one's clients. A probe bind without the
-/// option fails while any socket holds the port, so it goes first (as the
-/// relay's `ensure_unshared`). Port 0 picks a free port and needs no probe.
+/// Fails if another socket holds `addr`: our shards join the port with
+/// `SO_REUSEPORT`, so a second SFU on it would silently share clients (see
+/// [`relay::io::reuseport::ensure_unshared`]).
 fn ensure_unshared(addr: SocketAddr, ty: Type, proto: &'static str) -> Result<(), Error> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let probe = || -> std::io::Result<()> {
-        let s = Socket::new(Domain::for_address(addr), ty, None)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        if ty == Type::STREAM {
-            // TIME_WAIT leftovers of an earlier run are not a live owner.
-            s.set_reuse_address(true)?;
-        }
-        s.bind(&addr.into())
-        // The probe socket closes here, before the real bind.
-    };
-    probe().map_err(|source| Error::PortInUse { proto, addr, source })
+    reuseport::ensure_unshared(addr, ty).map_err(|source| Error::PortInUse { proto, addr, source })
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_port(true)?;
-    let _ = s.set_recv_buffer_size(SOCKET_BUF);
-    let _ = s.set_send_buffer_size(SOCKET_BUF);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s.into())
-}
-
-/// One shard's share of the ICE-TCP port (`SO_REUSEPORT`, like the UDP
-/// sockets; [`ensure_unshared`] ran first).
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    // TIME_WAIT connections of an earlier run must not block a restart.
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
+    reuseport::bind_udp(addr, SOCKET_BUF)
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Type;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::RelayConfig;
@@ -29,6 +29,7 @@ use crate::turn::stats::{Drop as DropCause, Stats};
 
 mod relay_socket;
 mod reservation;
+pub mod reuseport;
 mod shard;
 mod tcp;
 mod tcp_relay;
@@ -456,7 +457,7 @@ fn bind_listeners(cfg: &RelayConfig, shards: usize) -> Result<Bound, IoError> {
                 addr: bound,
                 source,
             })?);
-            s.tcp.push(bind_tcp(bound).map_err(|source| IoError::Bind {
+            s.tcp.push(reuseport::bind_tcp(bound).map_err(|source| IoError::Bind {
                 proto: "tcp",
                 addr: bound,
                 source,
@@ -467,7 +468,7 @@ fn bind_listeners(cfg: &RelayConfig, shards: usize) -> Result<Bound, IoError> {
     }
     for &addr in &cfg.tls_listen {
         ensure_unshared(addr, Type::STREAM, "tls")?;
-        let first = bind_tcp(addr).map_err(|source| IoError::Bind {
+        let first = reuseport::bind_tcp(addr).map_err(|source| IoError::Bind {
             proto: "tls",
             addr,
             source,
@@ -479,7 +480,7 @@ fn bind_listeners(cfg: &RelayConfig, shards: usize) -> Result<Bound, IoError> {
         })?;
         out[0].tls.push(first);
         for s in out.iter_mut().skip(1) {
-            s.tls.push(bind_tcp(bound).map_err(|source| IoError::Bind {
+            s.tls.push(reuseport::bind_tcp(bound).map_err(|source| IoError::Bind {
                 proto: "tls",
                 addr: bound,
                 source,
@@ -505,7 +506,7 @@ fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpList
             addr,
             source,
         })?;
-        match bind_tcp(bound) {
+        match reuseport::bind_tcp(bound) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempts < 32 => {
                 attempts += 1;
@@ -521,52 +522,10 @@ fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpList
     }
 }
 
-/// SO_REUSEPORT lets every process of the same user join a port's group, so
-/// a forgotten relay on the same address would silently take a share of the
-/// clients. A bind without SO_REUSEPORT fails if anyone holds the address,
-/// which is exactly the check wanted; the probe is closed before the real
-/// sockets bind. Port 0 picks a fresh port and needs no check.
 fn ensure_unshared(addr: SocketAddr, ty: Type, proto: &'static str) -> Result<(), IoError> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let probe = || -> std::io::Result<()> {
-        let s = Socket::new(Domain::for_address(addr), ty, None)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true)?;
-        }
-        if ty == Type::STREAM {
-            // TIME_WAIT leftovers of an earlier run are not a live owner.
-            s.set_reuse_address(true)?;
-        }
-        s.bind(&addr.into())
-    };
-    probe().map_err(|source| IoError::Bind { proto, addr, source })
+    reuseport::ensure_unshared(addr, ty).map_err(|source| IoError::Bind { proto, addr, source })
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        // IPv4 clients come in on the IPv4 listener, never as mapped addresses.
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_port(true)?;
-    let _ = s.set_recv_buffer_size(LISTENER_BUF);
-    let _ = s.set_send_buffer_size(LISTENER_BUF);
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    Ok(s.into())
-}
-
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    Ok(s.into())
+    reuseport::bind_udp(addr, LISTENER_BUF)
 }
