@@ -566,3 +566,52 @@ fn publisher_ice_restart_keeps_media() {
     );
     assert!(v["errors"][0].is_null() && v["errors"][1].is_null(), "{v:#}");
 }
+
+/// Test 8: screen share: ann clicks the demo's "Share screen" button (the
+/// fake capture device answers getDisplayMedia without a picker) and the
+/// demo publishes it with source `screen_share`. Ben's SDK announces and
+/// subscribes that publication, and his framesDecoded of both the screen
+/// track and ann's camera rise.
+#[test]
+fn screen_share_reaches_subscribers() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("screen");
+    let v = server.run("sfu_screen.mjs", json!({ "room": "screen", "timeoutMs": 20000 }));
+    assert_eq!(v["buttonText"], "Share screen", "{v:#}");
+    assert_eq!(v["local"]["source"], "screen_share", "{v:#}");
+    assert_eq!(v["local"]["button"], "Stop sharing", "{v:#}");
+    let sid = v["local"]["sid"].as_str().expect("screen publication sid");
+    let screen = &v["after"]["ann/screen_share"];
+    assert_eq!(screen["sid"].as_str(), Some(sid), "{v:#}");
+    assert_eq!(screen["kind"], "video", "{v:#}");
+    assert_eq!(screen["subscribed"], true, "{v:#}");
+    let events: Vec<(&str, &str, &str)> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default(),
+                e["sid"].as_str().unwrap_or_default(),
+                e["source"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for name in ["trackPublished", "trackSubscribed"] {
+        assert!(
+            events.contains(&(name, sid, "screen_share")),
+            "ben saw no {name} for ann's screen share: {events:?}"
+        );
+    }
+    for key in ["screen_share", "camera"] {
+        let before = u64_at(&v, &format!("/before/ann~1{key}/framesDecoded"));
+        let after = u64_at(&v, &format!("/after/ann~1{key}/framesDecoded"));
+        assert!(
+            after >= 10 && after > before,
+            "ben's {key} framesDecoded did not rise: {v:#}"
+        );
+    }
+    assert!(v["errors"][0].is_null() && v["errors"][1].is_null(), "{v:#}");
+}
