@@ -17,14 +17,14 @@
 //! candidates (IP and interface filters, no mDNS, no STUN), the server binds
 //! loopback with ports the OS picks. Waits are bounded polls; nothing
 //! asserts on elapsed time.
+#[path = "binary/mod.rs"]
+mod binary;
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::Client;
@@ -56,64 +56,28 @@ const ENOUGH: u64 = 25;
 
 /// A running `rtc-server`; killed when dropped.
 struct Server {
-    child: Child,
+    _bin: binary::Binary,
     http: SocketAddr,
     media: SocketAddr,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts the binary on loopback with OS-picked ports (HTTP and media) and
-/// no TURN relay, and reads the addresses it prints.
+/// no TURN relay.
 fn start_server() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rtc-server"))
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--media-port",
-            "0",
-            "--no-turn",
-            "--api-key",
-            &format!("{KEY}={SECRET}"),
-        ])
-        // Only the flags above: no RTC_* from the environment running the tests.
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start rtc-server");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Drains stdout for the server's whole life: closing the pipe early
-    // would make its next println fail.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + WAIT;
-    let (mut http, mut media) = (None, None);
-    while http.is_none() || media.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("rtc-server did not print its addresses: {e}"));
-        if let Some(a) = line.strip_prefix("listening http ") {
-            http = a.split_whitespace().next().and_then(|a| a.parse().ok());
-        } else if let Some(a) = line.strip_prefix("listening media udp ") {
-            media = a.trim().parse().ok();
-        }
-    }
-    let (http, media): (SocketAddr, SocketAddr) = (http.unwrap(), media.unwrap());
+    let key = format!("{KEY}={SECRET}");
+    let args = [
+        "--http-listen",
+        "127.0.0.1:0",
+        "--media-port",
+        "0",
+        "--no-turn",
+        "--api-key",
+        &key,
+    ];
+    let (bin, addrs) = binary::start(&args, &["listening http ", "listening media udp "], WAIT);
+    let (http, media) = (addrs[0], addrs[1]);
     assert!(media.ip().is_loopback(), "media must stay on loopback: {media}");
-    Server { child, http, media }
+    Server { _bin: bin, http, media }
 }
 
 fn token(identity: &str, grants: Grants) -> String {

@@ -4,10 +4,10 @@
 //! sees the exact response codes), and once the expiry in the username has
 //! passed the relay answers 401. Everything runs on 127.0.0.1 with ports the
 //! OS picks; waits are bounded polls, never fixed sleeps.
-use std::io::{BufRead, BufReader};
+#[path = "binary/mod.rs"]
+mod binary;
+
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,68 +25,31 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A running `rtc-server`; killed when dropped.
 struct Server {
-    child: Child,
+    _bin: binary::Binary,
     http: SocketAddr,
     turn_udp: SocketAddr,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary on free loopback ports and reads the addresses it
-/// prints (`listening http ADDR`, `listening turn udp ADDR`).
+/// Starts the binary on free loopback ports (HTTP, the embedded relay, and
+/// the SFU on any free port: the default 7882 may be taken, or shared with
+/// SO_REUSEPORT, by another test's server).
 fn start_server() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rtc-server"))
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--turn-listen",
-            "127.0.0.1:0",
-            // The SFU on any free port: the default 7882 may be taken (or
-            // shared, with SO_REUSEPORT) by another test's server.
-            "--media-port",
-            "0",
-            "--api-key",
-            &format!("{KEY}={SECRET}"),
-        ])
-        // Only the flags above: no RTC_* from the environment running the tests.
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start rtc-server");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    // Drains stdout for the server's whole life: closing the pipe early
-    // would make its next println fail (and panic the server).
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + WAIT;
-    let (mut http, mut turn_udp) = (None, None);
-    while http.is_none() || turn_udp.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("rtc-server did not print its addresses: {e}"));
-        if let Some(a) = line.strip_prefix("listening http ") {
-            http = a.split_whitespace().next().and_then(|a| a.parse().ok());
-        } else if let Some(a) = line.strip_prefix("listening turn udp ") {
-            turn_udp = a.trim().parse().ok();
-        }
-    }
+    let key = format!("{KEY}={SECRET}");
+    let args = [
+        "--http-listen",
+        "127.0.0.1:0",
+        "--turn-listen",
+        "127.0.0.1:0",
+        "--media-port",
+        "0",
+        "--api-key",
+        &key,
+    ];
+    let (bin, addrs) = binary::start(&args, &["listening http ", "listening turn udp "], WAIT);
     Server {
-        child,
-        http: http.unwrap(),
-        turn_udp: turn_udp.unwrap(),
+        _bin: bin,
+        http: addrs[0],
+        turn_udp: addrs[1],
     }
 }
 
