@@ -150,16 +150,9 @@ pub enum ConfigError {
     /// Clap's own output: `--help`, `--version` and usage errors. Call `e.exit()`.
     #[error("{0}")]
     Clap(#[from] clap::Error),
-    #[error("cannot read config file {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    TomlSyntax { path: PathBuf, source: toml::de::Error },
-    #[error("config file {path}: unknown key {key:?} (keys are the long flag names, e.g. http-listen, api-key)")]
-    UnknownKey { path: PathBuf, key: String },
-    #[error("config file {path}: key {key:?} is given twice (once with '-', once with '_')")]
-    DuplicateKey { path: PathBuf, key: String },
-    #[error("{at}: expected {expected}")]
-    WrongType { at: Setting, expected: &'static str },
+    /// The config file or a setting's type, as the shared layering found it.
+    #[error(transparent)]
+    Layer(LayerError<ServerEnv>),
     #[error("{at}: invalid value {value:?}, expected {expected}")]
     Invalid {
         at: Setting,
@@ -198,12 +191,9 @@ pub enum ConfigError {
 impl From<LayerError<ServerEnv>> for ConfigError {
     fn from(e: LayerError<ServerEnv>) -> Self {
         match e {
-            LayerError::ReadFile { path, source } => ConfigError::ReadFile { path, source },
-            LayerError::TomlSyntax { path, source } => ConfigError::TomlSyntax { path, source },
-            LayerError::UnknownKey { path, key } => ConfigError::UnknownKey { path, key },
-            LayerError::DuplicateKey { path, key } => ConfigError::DuplicateKey { path, key },
-            LayerError::WrongType { at, expected } => ConfigError::WrongType { at, expected },
+            // A bad value reads the same whichever layer gave it.
             LayerError::Invalid { at, value, expected } => ConfigError::Invalid { at, value, expected },
+            other => ConfigError::Layer(other),
         }
     }
 }
@@ -1113,28 +1103,28 @@ mod tests {
     fn file_errors() {
         let f = TempFile::new("http-lisen = \"x\"\n");
         assert!(
-            matches!(serve(&["--config", f.path()]), Err(ConfigError::UnknownKey { key, .. }) if key == "http-lisen")
+            matches!(serve(&["--config", f.path()]), Err(ConfigError::Layer(LayerError::UnknownKey { key, .. })) if key == "http-lisen")
         );
         let f = TempFile::new("media-port = 1.5\n");
         let e = serve(&["--config", f.path()]).unwrap_err();
         assert!(
-            matches!(&e, ConfigError::WrongType { at, .. } if at.flag == "media-port"),
+            matches!(&e, ConfigError::Layer(LayerError::WrongType { at, .. }) if at.flag == "media-port"),
             "{e}"
         );
         assert!(e.to_string().contains(f.path()), "{e}");
         let f = TempFile::new("no-turn = \"yes\"\n");
         assert!(matches!(
             serve(&["--config", f.path()]),
-            Err(ConfigError::WrongType { .. })
+            Err(ConfigError::Layer(LayerError::WrongType { .. }))
         ));
         assert!(matches!(
             serve(&["--config", "/nonexistent/x.toml"]),
-            Err(ConfigError::ReadFile { .. })
+            Err(ConfigError::Layer(LayerError::ReadFile { .. }))
         ));
         let f = TempFile::new("[section]\n");
         assert!(matches!(
             serve(&["--config", f.path()]),
-            Err(ConfigError::UnknownKey { .. })
+            Err(ConfigError::Layer(LayerError::UnknownKey { .. }))
         ));
     }
 

@@ -86,8 +86,8 @@ impl<P: EnvPrefix> fmt::Display for Setting<P> {
     }
 }
 
-/// Why a layer refused a setting. Each binary's `ConfigError` has a variant
-/// of the same name and message for each of these.
+/// Why a layer refused a setting. Each binary's `ConfigError` wraps these
+/// (and keeps `Invalid` as its own variant, since it also raises it itself).
 #[derive(Debug, Error)]
 pub enum LayerError<P: EnvPrefix> {
     #[error("cannot read config file {path}: {source}")]

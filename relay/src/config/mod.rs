@@ -103,16 +103,9 @@ pub enum ConfigError {
     /// Clap's own output: `--help`, `--version` and usage errors. Call `e.exit()`.
     #[error("{0}")]
     Clap(#[from] clap::Error),
-    #[error("cannot read config file {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    TomlSyntax { path: PathBuf, source: toml::de::Error },
-    #[error("config file {path}: unknown key {key:?} (keys are the long flag names, e.g. listen, auth-secret, realm)")]
-    UnknownKey { path: PathBuf, key: String },
-    #[error("config file {path}: key {key:?} is given twice (once with '-', once with '_')")]
-    DuplicateKey { path: PathBuf, key: String },
-    #[error("{at}: expected {expected}")]
-    WrongType { at: Setting, expected: &'static str },
+    /// The config file or a setting's type, as the shared layering found it.
+    #[error(transparent)]
+    Layer(LayerError<RelayEnv>),
     #[error("{at}: invalid socket address {value:?}, expected IP:PORT such as 0.0.0.0:3478 or [::]:3478")]
     BadAddress { at: Setting, value: String },
     #[error("{at}: invalid IP address {value:?}")]
@@ -173,12 +166,9 @@ pub enum ConfigError {
 impl From<LayerError<RelayEnv>> for ConfigError {
     fn from(e: LayerError<RelayEnv>) -> Self {
         match e {
-            LayerError::ReadFile { path, source } => ConfigError::ReadFile { path, source },
-            LayerError::TomlSyntax { path, source } => ConfigError::TomlSyntax { path, source },
-            LayerError::UnknownKey { path, key } => ConfigError::UnknownKey { path, key },
-            LayerError::DuplicateKey { path, key } => ConfigError::DuplicateKey { path, key },
-            LayerError::WrongType { at, expected } => ConfigError::WrongType { at, expected },
+            // A bad value reads the same whichever layer gave it.
             LayerError::Invalid { at, value, expected } => ConfigError::Invalid { at, value, expected },
+            other => ConfigError::Layer(other),
         }
     }
 }
@@ -1168,26 +1158,37 @@ NIKoWIgJ3D0biJbjnHlCJxJb1/C/qIip+jjhReZSJes1RsSISIRtLehu
         let f = TempFile::new("listen = [\"0.0.0.0:3478\"]\nlisten-addr = \"x\"\n");
         let e = err(&["--config", f.path()]);
         assert!(
-            matches!(&e, ConfigError::UnknownKey { key, .. } if key == "listen-addr"),
+            matches!(&e, ConfigError::Layer(LayerError::UnknownKey { key, .. }) if key == "listen-addr"),
             "{e}"
         );
         let f = TempFile::new("auth-secret = \"a\"\nauth_secret = \"b\"\n");
-        assert!(matches!(err(&["--config", f.path()]), ConfigError::DuplicateKey { key, .. } if key == "auth-secret"));
+        assert!(
+            matches!(err(&["--config", f.path()]), ConfigError::Layer(LayerError::DuplicateKey { key, .. }) if key == "auth-secret")
+        );
         let f = TempFile::new("config = \"other.toml\"\n");
-        assert!(matches!(err(&["--config", f.path()]), ConfigError::UnknownKey { .. }));
+        assert!(matches!(
+            err(&["--config", f.path()]),
+            ConfigError::Layer(LayerError::UnknownKey { .. })
+        ));
         let f = TempFile::new("realm = \n");
-        assert!(matches!(err(&["--config", f.path()]), ConfigError::TomlSyntax { .. }));
+        assert!(matches!(
+            err(&["--config", f.path()]),
+            ConfigError::Layer(LayerError::TomlSyntax { .. })
+        ));
         let f = TempFile::new("user = \"u:p\"\nrealm = 1.5\n");
         let e = err(&["--config", f.path()]);
         assert!(
-            matches!(&e, ConfigError::WrongType { at, .. } if at.flag == "realm"),
+            matches!(&e, ConfigError::Layer(LayerError::WrongType { at, .. }) if at.flag == "realm"),
             "{e}"
         );
         assert!(e.to_string().contains(f.path()), "{e}");
         let f = TempFile::new("user = \"u:p\"\nallow-loopback-peers = \"yes\"\n");
-        assert!(matches!(err(&["--config", f.path()]), ConfigError::WrongType { .. }));
+        assert!(matches!(
+            err(&["--config", f.path()]),
+            ConfigError::Layer(LayerError::WrongType { .. })
+        ));
         let e = err(&["--config", "/nonexistent/rtc-relay.toml"]);
-        assert!(matches!(e, ConfigError::ReadFile { .. }));
+        assert!(matches!(e, ConfigError::Layer(LayerError::ReadFile { .. })));
     }
 
     #[test]

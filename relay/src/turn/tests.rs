@@ -186,10 +186,20 @@ impl Harness {
             nonce: m.str_attr(attr::NONCE).unwrap().unwrap().to_owned(),
         }
     }
-    /// A full allocation; returns the session and the relayed address.
+    /// A full UDP allocation; returns the session and the relayed address.
     fn allocate(&mut self, t: &FiveTuple, c: &Creds) -> (Session, SocketAddr) {
+        self.allocate_with(t, c, &udp_transport)
+    }
+    /// A full RFC 6062 (TCP) allocation.
+    fn allocate_tcp(&mut self, t: &FiveTuple, c: &Creds) -> (Session, SocketAddr) {
+        self.allocate_with(t, c, &|b| {
+            b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_TCP, 0, 0, 0])
+                .unwrap()
+        })
+    }
+    fn allocate_with(&mut self, t: &FiveTuple, c: &Creds, transport: Attrs<'_>) -> (Session, SocketAddr) {
         let s = self.challenge(t);
-        let req = request(Method::ALLOCATE, tid(2), Some((c, &s)), &udp_transport);
+        let req = request(Method::ALLOCATE, tid(2), Some((c, &s)), transport);
         let reply = self.send(t, &req).expect("allocate reply");
         let m = Message::parse(&reply).unwrap();
         assert_eq!(m.class(), Class::Success, "allocate failed: {:?}", error_code(&reply));
@@ -699,15 +709,7 @@ fn rfc6062_connect_and_connection_bind() {
         ..tuple(5000)
     };
     let c = rest(T0_UNIX + 3600, "alice");
-    let s = h.challenge(&control);
-    let alloc = request(Method::ALLOCATE, tid(2), Some((&c, &s)), &|b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_TCP, 0, 0, 0])
-            .unwrap()
-    });
-    assert_eq!(
-        Message::parse(&h.send(&control, &alloc).unwrap()).unwrap().class(),
-        Class::Success
-    );
+    let (s, _) = h.allocate_tcp(&control, &c);
     let connect = request(Method::CONNECT, tid(3), Some((&c, &s)), &xor_peer(peer()));
     assert!(
         h.send(&control, &connect).is_none(),
@@ -760,17 +762,7 @@ fn rfc6062_failed_connect_gets_447_and_unbound_incoming_times_out() {
         ..tuple(5000)
     };
     let c = rest(T0_UNIX + 3600, "alice");
-    let s = h.challenge(&control);
-    let alloc = request(Method::ALLOCATE, tid(2), Some((&c, &s)), &|b| {
-        b.add(attr::REQUESTED_TRANSPORT, &[attr::TRANSPORT_TCP, 0, 0, 0])
-            .unwrap()
-    });
-    let reply = h.send(&control, &alloc).unwrap();
-    let relayed = Message::parse(&reply)
-        .unwrap()
-        .xor_address(attr::XOR_RELAYED_ADDRESS)
-        .unwrap()
-        .unwrap();
+    let (s, relayed) = h.allocate_tcp(&control, &c);
     h.send(
         &control,
         &request(Method::CONNECT, tid(3), Some((&c, &s)), &xor_peer(peer())),
