@@ -2,20 +2,7 @@
 //! print TURN REST credentials).
 use std::process::ExitCode;
 
-use relay::config::{self, ConfigError, Invocation, LogFormat};
-use tracing_subscriber::EnvFilter;
-
-fn init_tracing(format: LogFormat) {
-    // RUST_LOG wins; without it, info and above.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
+use relay::config::{self, ConfigError, Invocation};
 
 fn main() -> ExitCode {
     let invocation = match config::load() {
@@ -35,7 +22,7 @@ fn main() -> ExitCode {
             }
         },
         Invocation::Run(cfg, format) => {
-            init_tracing(format);
+            format.init_tracing();
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),
                 shards = cfg.shards,

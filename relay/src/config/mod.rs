@@ -69,6 +69,22 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// Installs the process's log subscriber, writing to stderr: `RUST_LOG`
+    /// when set, otherwise info and above. Shared by rtc-relay and rtc-server.
+    pub fn init_tracing(self) {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+}
+
 /// What the command line asks the binary to do.
 #[derive(Clone, Debug)]
 // Built once per process and matched right away; a Box would only make the

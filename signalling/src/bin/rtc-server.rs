@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relay::config::LogFormat;
 use relay::io::Running;
 use signalling::config::{self, ConfigError, Invocation, ServerConfig, TokenArgs};
 use signalling::metrics::Metrics;
@@ -16,7 +15,6 @@ use signalling::sfu_media::SfuMedia;
 use signalling::state::{AppState, Settings};
 use signalling::webhooks::Webhooks;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tracing_subscriber::EnvFilter;
 
 /// Open WebSockets keep axum's graceful shutdown waiting forever; after this
 /// the remaining connections are cut (clients reconnect elsewhere).
@@ -25,17 +23,6 @@ const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const WEBHOOK_FLUSH: Duration = Duration::from_secs(5);
 /// How often the relay's counters are copied into `/metrics` and a drain is checked.
 const RELAY_POLL: Duration = Duration::from_secs(1);
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 fn main() -> ExitCode {
     let invocation = match config::load() {
@@ -49,7 +36,7 @@ fn main() -> ExitCode {
     match invocation {
         Invocation::Token(t) => print_token(&t),
         Invocation::Serve(cfg) => {
-            init_tracing(cfg.log_format);
+            cfg.log_format.init_tracing();
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
