@@ -11,32 +11,62 @@ use crate::idle::{self, IdleArgs};
 use crate::load::{self, LoadArgs, LoadReport};
 use crate::sys;
 
-#[derive(Clone, Debug)]
+/// Equivalent to the coturn settings in `compare`: REST secret, realm, loopback
+/// peers, no TLS, no metrics, one shard per core, and 401s not rate-limited
+/// (coturn has no such limit; turnutils_uclient sends a burst of them).
+const DEFAULT_RTC_ARGS: &str = "--listen {listen} --realm {realm} --auth-secret {secret} --allow-loopback-peers \
+     --unauth-rate 1000000 --relay-ports 20000-32767";
+
+#[derive(Clone, Debug, clap::Args)]
 pub struct CompareArgs {
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=20))]
     pub rounds: usize,
+    #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
+    #[arg(long, default_value_t = 10)]
     pub clients: usize,
+    #[arg(long, default_value_t = 16)]
     pub window: usize,
+    #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Open loop: offered round trips per second for `load` (default: closed loop, as fast as the window allows).
+    #[arg(long)]
     pub rate: Option<f64>,
+    #[arg(long, default_value = "bench-secret")]
     pub secret: String,
+    #[arg(long, default_value = "bench.local")]
     pub realm: String,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/rtc-relay"))]
     pub rtc_relay: PathBuf,
-    /// Arguments of rtc-relay; `{listen}`, `{secret}`, `{realm}`, `{port}` are substituted.
+    /// rtc-relay's arguments; {listen} {port} {secret} {realm} are substituted.
+    #[arg(long, default_value = DEFAULT_RTC_ARGS, allow_hyphen_values = true)]
     pub rtc_relay_args: String,
+    #[arg(long, default_value = "turnserver")]
     pub turnserver: PathBuf,
+    /// coturn --relay-threads (rtc-relay uses one shard per core by default).
+    #[arg(long, default_value_t = 2)]
     pub relay_threads: usize,
+    /// Messages per turnutils_uclient client; 0 skips the uclient runs.
+    #[arg(long, default_value_t = 2000)]
     pub uclient_msgs: usize,
+    #[arg(long, default_value_t = 20)]
     pub uclient_clients: usize,
     /// turnutils_uclient -z: per-session send interval in ms (0 bursts everything at once and overflows socket buffers).
+    #[arg(long, default_value_t = 1)]
     pub uclient_interval_ms: u32,
+    /// Also measure RSS per idle allocation (first round); 0 skips.
+    #[arg(long, default_value_t = 0)]
     pub idle_allocations: usize,
+    /// Which servers: any of bare, bare-gso, coturn, rtc-relay.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bare,coturn,rtc-relay")]
     pub servers: Vec<Kind>,
+    #[arg(long, default_value = "/tmp/relay-bench")]
     pub workdir: PathBuf,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Kind {
     Bare,
     /// The bare forwarder sending peer -> client as UDP GSO.

@@ -12,12 +12,20 @@ use std::time::{Duration, Instant};
 
 use crate::sys::{self, Batch, SKIP};
 
+#[derive(Clone, Debug, clap::Args)]
 pub struct ForwarderArgs {
+    #[arg(long, default_value = "127.0.0.1:3678")]
     pub listen: SocketAddr,
+    #[arg(long)]
     pub peer: SocketAddr,
+    #[arg(long, default_value_t = 0x4000)]
     pub channel: u16,
+    /// Exits by itself after this long.
+    #[arg(long, default_value_t = 900)]
     pub max_seconds: u64,
-    /// Peer -> client as one UDP GSO send per batch instead of sendmmsg.
+    /// Peer -> client as one UDP GSO send per batch instead of sendmmsg
+    /// (what rtc-relay does towards clients).
+    #[arg(long)]
     pub gso: bool,
 }
 
