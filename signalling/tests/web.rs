@@ -4,13 +4,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use common::{now_s, Client, Server, KEY, SECRET};
 use serde_json::{json, Value};
 use signalling::auth::ApiKeys;
 use signalling::config::DEV_KEY_NAME;
-use signalling::state::{AppState, Settings};
+use signalling::state::Settings;
 
 const DEV_SECRET: &str = "a-generated-development-secret-0123456789";
 
@@ -25,21 +24,7 @@ async fn start(keys: &[(&str, &str)], dev_mode: bool) -> Server {
         dev_mode,
         ..common::settings()
     };
-    let state = AppState::standalone(keys, settings);
-    let app = signalling::api::router(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
-    });
-    Server {
-        base: format!("http://{addr}"),
-        ws: format!("ws://{addr}"),
-        state,
-        http: reqwest::Client::new(),
-    }
+    common::start_with_keys(keys, settings).await
 }
 
 async fn get(s: &Server, path: &str) -> (u16, String, String) {

@@ -42,7 +42,15 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_with(settings: Settings) -> Server {
-    let keys = ApiKeys::new(HashMap::from([(KEY.to_string(), SECRET.to_string())]));
+    start_with_keys(
+        ApiKeys::new(HashMap::from([(KEY.to_string(), SECRET.to_string())])),
+        settings,
+    )
+    .await
+}
+
+/// A server on a free loopback port with these API keys and settings.
+pub async fn start_with_keys(keys: ApiKeys, settings: Settings) -> Server {
     let state = AppState::standalone(keys, settings);
     let app = signalling::api::router(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
