@@ -16,7 +16,8 @@
 //!   throttles keyframe requests (the router switches layers at keyframes);
 //! - [`allocator`] divides a subscriber's bandwidth estimate across its
 //!   down-tracks;
-//! - [`speaker`] detects active speakers from audio levels.
+//! - [`speaker`] detects active speakers from audio levels;
+//! - [`red`] converts RFC 2198 redundant audio for subscribers without it.
 //!
 //! The I/O side: [`participant`] wraps one `Rtc` (panics caught per call),
 //! [`mux`] routes datagrams of the shared port, [`router`] is the sans-IO
@@ -30,7 +31,9 @@
 //!   extended `seq_no`, payload as `Arc<[u8]>`), sent media is
 //!   `DirectApi::stream_tx_by_mid(mid, rid)` -> `StreamTx::write_rtp(RtpWrite)`.
 //!   RTX from the publisher is unwrapped into the main SSRC before the event;
-//!   RED is passed through untouched in RTP mode. `Rtc::writer` panics in RTP
+//!   RED (Opus in RFC 2198, which the SFU negotiates) arrives untouched in
+//!   RTP mode, with the RED PT; [`red`] forwards it as is or cuts it to the
+//!   primary block for subscribers without RED. `Rtc::writer` panics in RTP
 //!   mode and is never used.
 //! - Each connection gets its own `Rtc`: a publisher (client offers,
 //!   `sdp_api().accept_offer`) and a subscriber (we `add_media(SendOnly)`
@@ -109,6 +112,7 @@ pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};
 
 pub mod allocator;
 pub mod downtrack;
+pub mod red;
 pub mod simulcast;
 pub mod speaker;
 

@@ -143,6 +143,10 @@ impl Peer {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_local_ice_credentials(creds.clone());
+        // Opus may come wrapped in RFC 2198 RED (browsers offer it): it is
+        // forwarded as is to subscribers that take RED, unwrapped for the
+        // others ([`crate::red`]).
+        config.codec_config().enable_opus(true, true);
         if role == Role::Subscriber {
             config = config.enable_bwe(Some(cfg.initial_estimate));
         }

@@ -24,6 +24,7 @@ use crate::downtrack::{DownTrack, PacketInfo, SourceId};
 use crate::keyframe::is_keyframe;
 use crate::mux::{shard_prefix, Mux, PeerId, Route};
 use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
+use crate::red::{self, RedOut};
 use crate::simulcast::{allowed_max_layer, KeyframeRequester, LayerInfo, Preferences, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
 use crate::Error;
@@ -209,8 +210,8 @@ struct Down {
     paused: bool,
     /// Paused by the allocator: not even the lowest layer fits.
     bw_paused: bool,
-    /// publisher PT -> subscriber PT.
-    pts: Vec<(Pt, Pt)>,
+    /// Publisher PT -> subscriber PT, and what becomes of a RED payload.
+    pts: Vec<(Pt, Pt, RedOut)>,
     dt: DownTrack,
     /// Highest extended output sequence number written (str0m wants
     /// extended numbers; the down-track gives 16 bits).
@@ -1454,7 +1455,11 @@ impl Router {
                 };
                 let found = pub_peer
                     .peer
-                    .guard(|rtc| rtc.codec_config().find(|p| p.pt() == pt_in).copied())
+                    .guard(|rtc| {
+                        rtc.codec_config()
+                            .find(|p| p.pt() == pt_in || p.red() == Some(pt_in))
+                            .copied()
+                    })
                     .flatten();
                 let Some(params) = found else { return };
                 track.params.push((pt_in, params));
@@ -1462,6 +1467,8 @@ impl Router {
             }
         };
         let is_video = track.kind == MediaKind::Video;
+        let is_red = params.red() == Some(pt_in);
+        let mut cuts = red::Cuts::new(&packet.payload);
         if let (Some(level), Some(p)) = (
             packet.header.ext_vals.audio_level,
             self.participants.get(&source.publisher),
@@ -1526,19 +1533,26 @@ impl Router {
             let Some(slot) = self.peers.get_mut(sid.0 as usize).and_then(Option::as_mut) else {
                 continue;
             };
-            let pt_out = match d.pts.iter().find(|(i, _)| *i == pt_in) {
-                Some((_, o)) => *o,
+            let (pt_out, red_out) = match d.pts.iter().find(|(i, _, _)| *i == pt_in) {
+                Some(&(_, o, r)) => (o, r),
                 None => {
                     let found = slot
                         .peer
-                        .guard(|rtc| rtc.codec_config().match_params(params).map(|p| p.pt()))
+                        .guard(|rtc| rtc.codec_config().match_params(params).map(|p| (p.pt(), p.red())))
                         .flatten();
-                    let Some(o) = found else { continue };
-                    d.pts.push((pt_in, o));
-                    o
+                    let Some((main_pt, red_pt)) = found else { continue };
+                    let r = RedOut::choose(is_red, *params.pt(), *main_pt, red_pt.map(|p| *p));
+                    let o = match (r, red_pt) {
+                        (RedOut::AsIs | RedOut::RenameBlocks { .. }, Some(red_pt)) if is_red => red_pt,
+                        _ => main_pt,
+                    };
+                    d.pts.push((pt_in, o, r));
+                    (o, r)
                 }
             };
-            let payload = packet.payload.clone();
+            let Some(payload) = cuts.payload_for(red_out) else {
+                continue;
+            };
             let wrote = slot.peer.guard(|rtc| {
                 let mut api = rtc.direct_api();
                 let Some(stream) = api.stream_tx_by_mid(mid, None) else {

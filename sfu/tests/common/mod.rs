@@ -25,11 +25,17 @@ pub struct Client {
 
 impl Client {
     pub fn new(now: Instant, addr: &str) -> Client {
+        Client::with_config(now, addr, |_| {})
+    }
+
+    /// A client whose configuration `f` adjusts first (codecs, say).
+    pub fn with_config(now: Instant, addr: &str, f: impl FnOnce(&mut RtcConfig)) -> Client {
         let addr: SocketAddr = addr.parse().unwrap();
-        let mut rtc = RtcConfig::new()
+        let mut config = RtcConfig::new()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
-            .set_rtp_mode(true)
-            .build(now);
+            .set_rtp_mode(true);
+        f(&mut config);
+        let mut rtc = config.build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         Client {
             rtc,
@@ -168,7 +174,11 @@ impl Net {
     }
 
     pub fn add_client(&mut self, addr: &str) -> usize {
-        self.clients.push(Client::new(self.now, addr));
+        self.add_client_with(addr, |_| {})
+    }
+
+    pub fn add_client_with(&mut self, addr: &str, f: impl FnOnce(&mut RtcConfig)) -> usize {
+        self.clients.push(Client::with_config(self.now, addr, f));
         self.clients.len() - 1
     }
 
