@@ -111,6 +111,7 @@ pub use handle::{Sfu, SfuConfig};
 pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};
 
 pub mod allocator;
+pub mod answer_order;
 pub mod downtrack;
 pub mod red;
 pub mod simulcast;

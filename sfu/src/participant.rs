@@ -371,7 +371,7 @@ impl Peer {
             })
             .ok_or(Error::Panicked)?
             .map_err(|e: str0m::RtcError| Error::Sdp(e.to_string()))?;
-        let mut answer = answer.to_sdp_string();
+        let mut answer = crate::answer_order::follow_offer(sdp, &answer.to_sdp_string());
         if let Some((fresh, tagged)) = retagged {
             answer = answer.replace(&format!("a=ice-ufrag:{fresh}"), &format!("a=ice-ufrag:{tagged}"));
             tracing::debug!(old = %old, new = %tagged, "ICE restart");

@@ -5,6 +5,7 @@
 //   ?room=NAME&identity=ID&token=JWT   join at once with that token
 //   ?room=NAME&identity=ID             join at once with a development-mode token
 //   &name=DISPLAY  &camera=0  &mic=0  &simulcast=0
+//   &codec=vp9 (or vp8, h264, av1: the camera's preferred codec)  &dtx=0
 // `window.rtcDemo` exposes the room and the page's state for scripts.
 import { Room, RoomEvent, RtcError } from "/sdk/rtc.js";
 
@@ -129,14 +130,16 @@ async function publishCamera(simulcast = $("use-simulcast").checked) {
   // 720p gives three simulcast layers (browsers drop layers for small inputs).
   const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 } });
   const track = stream.getVideoTracks()[0];
-  const pub = await room.localParticipant.publishTrack(track, { source: "camera", simulcast });
+  const videoCodec = params.get("codec") || undefined;
+  const pub = await room.localParticipant.publishTrack(track, { source: "camera", simulcast, videoCodec });
   showLocal();
   return pub;
 }
 
 async function publishMic() {
   const stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true } });
-  return room.localParticipant.publishTrack(stream.getAudioTracks()[0], { source: "microphone" });
+  const dtx = params.get("dtx") !== "0";
+  return room.localParticipant.publishTrack(stream.getAudioTracks()[0], { source: "microphone", dtx });
 }
 
 async function toggleScreen() {

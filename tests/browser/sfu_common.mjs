@@ -110,6 +110,7 @@ export async function inbound(page) {
           if (s.type !== 'inbound-rtp') return;
           e.packetsReceived = s.packetsReceived ?? 0;
           e.bytesReceived = s.bytesReceived ?? 0;
+          e.codec = stats.get(s.codecId)?.mimeType ?? null;
           if (s.kind === 'video') {
             e.framesDecoded = s.framesDecoded ?? 0;
             e.frameWidth = s.frameWidth ?? 0;

@@ -615,3 +615,46 @@ fn screen_share_reaches_subscribers() {
     }
     assert!(v["errors"][0].is_null() && v["errors"][1].is_null(), "{v:#}");
 }
+
+#[test]
+fn vp9_h264_av1_and_opus_dtx_pass_through() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("codecs");
+    let v = server.run("sfu_codecs.mjs", json!({ "room": "codecs", "timeoutMs": 60000 }));
+    for (who, codec) in [("ann", "video/VP9"), ("ben", "video/H264"), ("cat", "video/AV1")] {
+        let cam = &v["after"][format!("{who}/camera")];
+        assert_eq!(cam["codec"], codec, "dan receives {who}'s camera as {codec}: {v:#}");
+        let before = u64_at(&v, &format!("/before/{who}~1camera/framesDecoded"));
+        let after = u64_at(&v, &format!("/after/{who}~1camera/framesDecoded"));
+        assert!(after >= 10 && after > before, "dan decodes {who}'s {codec}: {v:#}");
+    }
+    let mic = v["mic"].as_array().expect("mic samples");
+    let packets = |who: &str| {
+        let m = mic.iter().find(|m| m["identity"] == who).expect("publisher");
+        (
+            m["packets"].as_u64().unwrap_or(0),
+            m["fmtp"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let (ann, ann_fmtp) = packets("ann");
+    let (ben, _) = packets("ben");
+    let (cat, cat_fmtp) = packets("cat");
+    assert!(ann_fmtp.contains("usedtx=1"), "ann's answer turns DTX on: {v:#}");
+    assert!(!cat_fmtp.contains("usedtx=1"), "cat's does not: {v:#}");
+    // Chromium offers RED for Opus and the SFU answers with it first, which
+    // is what makes the browser send RED.
+    assert!(
+        mic.iter().all(|m| m["redFirst"] == true),
+        "RED leads every answer's audio formats: {v:#}"
+    );
+    // Without DTX, Opus sends a packet every 20 ms even of silence; with it,
+    // about one every 400 ms.
+    assert!(cat >= 100, "cat (no DTX) sent {cat} packets in 4 s: {v:#}");
+    assert!(
+        ann * 3 < cat && ben * 3 < cat,
+        "DTX publishers sent {ann} and {ben} packets against {cat} without DTX: {v:#}"
+    );
+    assert!(v["errors"].as_array().unwrap().iter().all(Value::is_null), "{v:#}");
+}

@@ -161,6 +161,10 @@ export interface PublishOptions {
   /** Default: microphone for audio, camera for video. */
   source?: TrackSource;
   name?: string;
+  /** Video only: the codec to prefer (the others stay as fallbacks). Default: the browser's choice. */
+  videoCodec?: "vp8" | "vp9" | "h264" | "av1";
+  /** Audio only: Opus discontinuous transmission (few packets in silence). Default true. */
+  dtx?: boolean;
 }
 
 export declare class LocalParticipant extends Participant {
@@ -322,6 +326,8 @@ export declare function encodingsForLayers(
   encodings: RTCRtpEncodingParameters[],
   qualities: Array<Quality | Layer>,
 ): { encodings: RTCRtpEncodingParameters[]; changed: boolean };
+export declare function withOpusDtx(sdp: string, mids: Set<string>): string;
+export declare function videoCodecPreferences(name: string, codecs?: RTCRtpCodec[]): RTCRtpCodec[];
 export declare function layersFor(width: number, height: number, simulcast?: boolean): VideoLayer[];
 export declare function layerForResolution(layers: VideoLayer[], width: number, height: number): Layer | null;
 export interface SdpMedia { mid: string | null; kind: string; port: number; streamId: string | null; trackId: string | null }

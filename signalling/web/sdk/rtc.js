@@ -297,6 +297,44 @@ export function parseSdpMedia(sdp) {
 }
 
 /**
+ * The answer `sdp` with `usedtx=1` on the Opus format of every m-section
+ * whose mid is in `mids`. The answer is what the browser's encoder reads its
+ * Opus settings from, so this turns on discontinuous transmission (a packet
+ * every 400 ms or so in silence) for those tracks.
+ */
+export function withOpusDtx(sdp, mids) {
+  if (!mids.size) return sdp;
+  const eol = sdp.includes("\r\n") ? "\r\n" : "\n";
+  const sections = sdp.split(/\r?\n(?=m=)/);
+  return sections
+    .map((section) => {
+      const mid = /^a=mid:(.+)$/m.exec(section)?.[1]?.trim();
+      if (!section.startsWith("m=audio") || !mids.has(mid)) return section;
+      const pt = /^a=rtpmap:(\d+) opus\/48000/im.exec(section)?.[1];
+      if (!pt) return section;
+      const fmtp = new RegExp(`^a=fmtp:${pt} (.*)$`, "m");
+      if (fmtp.test(section)) {
+        return section.replace(fmtp, (line, params) => (/usedtx=/.test(params) ? line.replace(/usedtx=\d/, "usedtx=1") : `${line};usedtx=1`));
+      }
+      return section.replace(new RegExp(`^(a=rtpmap:${pt} .*)$`, "m"), `$1${eol}a=fmtp:${pt} usedtx=1`);
+    })
+    .join(eol);
+}
+
+/**
+ * The browser's video send codecs with those named `name` (vp8, vp9, h264,
+ * av1) first, for `setCodecPreferences`: the offer leads with them and the
+ * others stay as fallbacks. Throws invalid_argument when the browser cannot
+ * send it.
+ */
+export function videoCodecPreferences(name, codecs = globalThis.RTCRtpSender?.getCapabilities?.("video")?.codecs ?? []) {
+  const mime = `video/${String(name).toLowerCase()}`;
+  const first = codecs.filter((c) => c.mimeType.toLowerCase() === mime);
+  if (!first.length) throw new RtcError("invalid_argument", `this browser cannot send ${name}`);
+  return [...first, ...codecs.filter((c) => c.mimeType.toLowerCase() !== mime)];
+}
+
+/**
  * Decides which subscriber m-lines carry which subscribed tracks.
  *
  * PROTOCOL.md ("Media: m-lines and tracks"): the server's m-lines carry
@@ -769,7 +807,9 @@ export class LocalParticipant extends Participant {
   /**
    * Publishes a track: announces it (`publish`), then renegotiates the
    * publisher connection so the offer carries it. Video is simulcast in
-   * three layers (q, h, f) unless `{simulcast: false}`.
+   * three layers (q, h, f) unless `{simulcast: false}`; `{videoCodec:
+   * "vp9"}` (or vp8, h264, av1) prefers that codec; audio is sent with
+   * Opus DTX unless `{dtx: false}`.
    */
   async publishTrack(track, options = {}) {
     return this.room._publish(track, options);
@@ -1324,7 +1364,8 @@ export class Room extends EventEmitter {
         { match: (m) => m.type === "answer" && m.target === "publisher" },
         { iceRestart },
       );
-      await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+      const dtxMids = new Set(pc.getTransceivers().filter((t) => t._rtcDtx && t.mid != null).map((t) => t.mid));
+      await pc.setRemoteDescription({ type: "answer", sdp: withOpusDtx(answer.sdp, dtxMids) });
       this._flushCandidates("publisher");
     } catch (e) {
       if (pc.signalingState === "have-local-offer") {
@@ -1353,7 +1394,11 @@ export class Room extends EventEmitter {
       const pc = this._pub;
       const init = { direction: "sendonly", streams: [new MediaStream([track])] };
       if (simulcast) init.sendEncodings = simulcastEncodings();
+      const codecs = track.kind === "video" && options.videoCodec ? videoCodecPreferences(options.videoCodec) : null;
       const transceiver = pc.addTransceiver(track, init);
+      if (codecs) transceiver.setCodecPreferences(codecs);
+      // Read when the answer arrives (see withOpusDtx).
+      if (track.kind === "audio") transceiver._rtcDtx = options.dtx ?? true;
       let published = null;
       try {
         await this._offerPublisher({

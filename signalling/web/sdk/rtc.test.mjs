@@ -25,6 +25,8 @@ import {
   RoomEvent,
   encodingsForLayers,
   LocalTrackPublication,
+  withOpusDtx,
+  videoCodecPreferences,
 } from "./rtc.js";
 
 test("buildMessage: version, type, id, no undefined fields", () => {
@@ -343,4 +345,41 @@ test("dynacast: a local publication applies layers_wanted to its sender, latest 
     console.warn = warn;
   }
   assert.deepEqual(pub.layersWanted, ["low"]);
+});
+
+const DTX_ANSWER = [
+  "v=0",
+  "m=audio 9 UDP/TLS/RTP/SAVPF 111 63",
+  "a=mid:0",
+  "a=rtpmap:111 opus/48000/2",
+  "a=fmtp:111 minptime=10;useinbandfec=1",
+  "a=rtpmap:63 red/48000/2",
+  "m=audio 9 UDP/TLS/RTP/SAVPF 109",
+  "a=mid:1",
+  "a=rtpmap:109 opus/48000/2",
+  "m=video 9 UDP/TLS/RTP/SAVPF 96",
+  "a=mid:2",
+  "a=rtpmap:96 VP8/90000",
+  "",
+].join("\r\n");
+
+test("withOpusDtx turns on usedtx for the Opus format of the named mids only", () => {
+  const out = withOpusDtx(DTX_ANSWER, new Set(["0", "1"]));
+  assert.match(out, /a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n/);
+  assert.match(out, /a=rtpmap:109 opus\/48000\/2\r\na=fmtp:109 usedtx=1\r\n/, "an fmtp line is added where there was none");
+  assert.doesNotMatch(out, /fmtp:96/);
+  assert.equal(out.split("\r\n").length, DTX_ANSWER.split("\r\n").length + 1);
+  const only1 = withOpusDtx(DTX_ANSWER, new Set(["1"]));
+  assert.doesNotMatch(only1, /useinbandfec=1;usedtx=1/, "mid 0 not named");
+  assert.equal(withOpusDtx(DTX_ANSWER, new Set()), DTX_ANSWER);
+  // Idempotent, and an explicit usedtx=0 is overridden.
+  assert.equal(withOpusDtx(out, new Set(["0", "1"])), out);
+  assert.match(withOpusDtx(DTX_ANSWER.replace("useinbandfec=1", "usedtx=0"), new Set(["0"])), /minptime=10;usedtx=1\r\n/);
+});
+
+test("videoCodecPreferences puts the named codec first and keeps the rest", () => {
+  const codecs = [{ mimeType: "video/VP8" }, { mimeType: "video/rtx" }, { mimeType: "video/AV1" }, { mimeType: "video/H264", sdpFmtpLine: "a" }, { mimeType: "video/H264", sdpFmtpLine: "b" }];
+  assert.deepEqual(videoCodecPreferences("h264", codecs).map((c) => c.mimeType + (c.sdpFmtpLine ?? "")), ["video/H264a", "video/H264b", "video/VP8", "video/rtx", "video/AV1"]);
+  assert.equal(videoCodecPreferences("AV1", codecs)[0].mimeType, "video/AV1");
+  assert.throws(() => videoCodecPreferences("vp9", codecs), (e) => e instanceof RtcError && e.code === "invalid_argument");
 });
