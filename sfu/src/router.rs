@@ -135,6 +135,9 @@ struct Participant {
     downs: HashMap<Mid, Down>,
     /// Subscriptions waiting for the next subscriber offer.
     pending_adds: Vec<TrackId>,
+    /// Limits set for subscriptions that have no down-track yet (their
+    /// m-line waits for the next offer); applied when it is created.
+    pending_limits: Vec<(TrackId, Limits)>,
     /// Subscriber mids to stop in the next offer.
     pending_stops: Vec<Mid>,
     /// Data channels open on the publisher connection, by label.
@@ -426,6 +429,7 @@ impl Router {
                 subscriber: None,
                 downs: HashMap::new(),
                 pending_adds: Vec::new(),
+                pending_limits: Vec::new(),
                 pending_stops: Vec::new(),
                 channels: HashMap::new(),
                 relay_data: true,
@@ -529,6 +533,7 @@ impl Router {
     pub fn unsubscribe(&mut self, now: Instant, subscriber: ParticipantId, track: TrackId) -> Result<(), Error> {
         let p = self.participants.get_mut(&subscriber).ok_or(Error::Unknown)?;
         p.pending_adds.retain(|t| *t != track);
+        p.pending_limits.retain(|(t, _)| *t != track);
         let mids: Vec<Mid> = p
             .downs
             .iter()
@@ -645,7 +650,14 @@ impl Router {
             found = true;
         }
         if !found {
-            return Err(Error::Unknown);
+            // Signalling sets a new subscription's preferences right after
+            // subscribing, possibly while an offer is out.
+            if !p.pending_adds.contains(&track) {
+                return Err(Error::Unknown);
+            }
+            p.pending_limits.retain(|(t, _)| *t != track);
+            p.pending_limits.push((track, limits));
+            return Ok(());
         }
         self.reallocate(now, subscriber);
         Ok(())
@@ -840,6 +852,10 @@ impl Router {
             if let Some(t) = self.tracks.get_mut(&source) {
                 t.subscribers.push((id, mid));
             }
+            let limits = match p.pending_limits.iter().position(|(t, _)| *t == source) {
+                Some(i) => p.pending_limits.swap_remove(i).1,
+                None => Limits::default(),
+            };
             p.downs.insert(
                 mid,
                 Down {
@@ -848,7 +864,7 @@ impl Router {
                     current: None,
                     target: rid,
                     pinned: None,
-                    limits: Limits::default(),
+                    limits,
                     paused: false,
                     bw_paused: false,
                     pts: Vec::new(),

@@ -131,19 +131,20 @@ fn tids_and_fps(got: &[Got], seconds: f64) -> (Vec<u8>, f64) {
     (tids, frames as f64 / seconds)
 }
 
-#[test]
-fn max_fps_selects_temporal_layers_without_gaps() {
-    let mut net = Net::new();
+/// Alice publishes L1T3 VP8 for 2 s, then bob subscribes; `before_answer`
+/// runs between bob's subscription and his answer.
+fn room(net: &mut Net, before_answer: impl FnOnce(&mut Net, sfu::ParticipantId, TrackId)) -> Room {
     let now = net.now;
     let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
     let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
     let a = net.add_client("10.0.0.2:4000");
     let b = net.add_client("10.0.0.3:4000");
-    let mut mid = None;
+    let mut mids = Vec::new();
     net.publish_offer(a, alice, |api| {
-        mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        mids.push(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        mids.push(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
     });
-    let mid = mid.unwrap();
+    let (mid, audio_mid) = (mids[0], mids[1]);
     assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
     // PictureID and TL0PICIDX close to their wrap.
     let mut publisher = Publisher {
@@ -155,12 +156,58 @@ fn max_fps_selects_temporal_layers_without_gaps() {
         keyframes: 0,
     };
     // Live before anyone subscribes: the SFU measures the layers' rates.
-    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    run_for(net, &mut publisher, a, mid, Duration::from_secs(2));
     let track = TrackId { publisher: alice, mid };
     let now = net.now;
+    // The audio subscription's offer goes out first, so the video's m-line
+    // waits for the next offer (as when signalling subscribes to several
+    // tracks at once).
+    let audio = TrackId {
+        publisher: alice,
+        mid: audio_mid,
+    };
+    net.sfu.subscribe(now, bob, audio).unwrap();
     net.sfu.subscribe(now, bob, track).unwrap();
+    before_answer(net, bob, track);
     net.answer_offers(b, bob);
     assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+    Room {
+        bob,
+        track,
+        a,
+        b,
+        mid,
+        publisher,
+    }
+}
+
+struct Room {
+    bob: sfu::ParticipantId,
+    track: TrackId,
+    a: usize,
+    b: usize,
+    mid: Mid,
+    publisher: Publisher,
+}
+
+fn limit(max_fps: u32) -> sfu::Limits {
+    sfu::Limits {
+        max_fps,
+        ..sfu::Limits::default()
+    }
+}
+
+#[test]
+fn max_fps_selects_temporal_layers_without_gaps() {
+    let mut net = Net::new();
+    let Room {
+        bob,
+        track,
+        a,
+        b,
+        mid,
+        mut publisher,
+    } = room(&mut net, |_, _, _| {});
     let now = net.now;
     net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
     run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
@@ -169,10 +216,6 @@ fn max_fps_selects_temporal_layers_without_gaps() {
     assert_eq!(tids_and_fps(&all, 2.0).0, [0, 1, 2], "no limit: every layer");
 
     // A third of the frame rate: only the base layer (7.5 fps) fits.
-    let limit = |max_fps| sfu::Limits {
-        max_fps,
-        ..sfu::Limits::default()
-    };
     let keyframes = publisher.keyframes;
     let now = net.now;
     net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
@@ -214,4 +257,56 @@ fn max_fps_selects_temporal_layers_without_gaps() {
         publisher.keyframes
     );
     assert_continuous(&got);
+}
+
+/// Signalling sets a new subscription's preferences right after
+/// subscribing, while its m-line still waits for an offer: they must not
+/// be lost.
+#[test]
+fn max_fps_set_before_the_answer_applies() {
+    let mut net = Net::new();
+    let Room {
+        bob,
+        a,
+        b,
+        mid,
+        mut publisher,
+        ..
+    } = room(&mut net, |net, bob, track| {
+        let now = net.now;
+        net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
+    });
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(3));
+    let got = received(&net, b);
+    assert!(!got.is_empty(), "video reaches the subscriber");
+    assert_eq!(tids_and_fps(&got, 3.0).0, [0], "TL0 only from the start");
+    assert_continuous(&got);
+}
+
+/// With str0m's own downlink estimate (no override) the cap applies too.
+#[test]
+fn max_fps_applies_with_str0ms_own_estimate() {
+    let mut net = Net::new();
+    let Room {
+        bob,
+        track,
+        a,
+        b,
+        mid,
+        mut publisher,
+    } = room(&mut net, |_, _, _| {});
+    let now = net.now;
+    net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
+    let mark = received(&net, b).len();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    let got = received(&net, b);
+    assert_eq!(tids_and_fps(&got[(mark + 2).min(got.len())..], 2.0).0, [0]);
+    assert_continuous(&got);
+    let estimated = net
+        .events
+        .iter()
+        .any(|e| matches!(e, sfu::SfuEvent::Estimate { participant, .. } if *participant == bob));
+    assert!(estimated, "str0m's estimate drove the allocation");
 }
