@@ -19,7 +19,7 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
-use crate::allocator::{allocate, Allocation, AllocationState, TrackDemand, TrackKind, MAX_TEMPORAL};
+use crate::allocator::{allocate, Allocation, AllocationState, TrackDemand, TrackKind};
 use crate::codec::picture_id::PictureIdRewriter;
 use crate::codec::{self, vp8, FrameInfo};
 use crate::downtrack::{DownTrack, PacketInfo, SourceId};
@@ -28,7 +28,7 @@ use crate::mux::{shard_prefix, Mux, PeerId, Route};
 use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
 use crate::simulcast::{allowed_max_layer, KeyframeRequester, LayerInfo, Preferences, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
-use crate::temporal::{cumulative_shares, temporal_cap, TemporalFilter, TemporalStats, TOP};
+use crate::temporal::{layer_rates, temporal_cap, TemporalFilter, TemporalStats, TOP};
 use crate::Error;
 
 /// Identifies a participant across the whole SFU (assigned by the handle).
@@ -1326,25 +1326,7 @@ impl Router {
                     *l = Some(t.last_bps[i].unwrap_or(*d));
                 }
             }
-            // Each simulcast layer's price split by the measured share of
-            // its temporal layers; those above the frame rate cap are left
-            // out.
-            let mut rates = [[None; MAX_TEMPORAL]; MAX_LAYERS];
-            for (s, (row, price)) in rates.iter_mut().zip(layers).enumerate() {
-                let Some(price) = price else { continue };
-                let measured = t.temporal.rates(s);
-                let Some(shares) = cumulative_shares(&measured) else {
-                    row[0] = Some(price);
-                    continue;
-                };
-                let cap = usize::from(temporal_cap(&measured, d.limits.max_fps));
-                for (r, share) in row.iter_mut().zip(shares).take(cap + 1) {
-                    *r = share.map(|sh| price.saturating_mul(sh) / 1000);
-                }
-                if row.iter().all(Option::is_none) {
-                    row[0] = Some(price);
-                }
-            }
+            let rates = layer_rates(layers, &t.temporal, d.limits.max_fps);
             let max_layer = max_layer(t, d);
             let current = d.current.map(|r| layer_of(&t.rids, Some(r)) as u8).or_else(|| {
                 // A single stream being forwarded is layer 0.

@@ -22,6 +22,7 @@
 //! subscriber's maximum frame rate can be turned into a temporal layer.
 use std::time::{Duration, Instant};
 
+use crate::allocator::LayerRates;
 use crate::codec::{FrameInfo, MAX_TEMPORAL};
 use crate::simulcast::MAX_LAYERS;
 
@@ -190,6 +191,30 @@ pub fn temporal_cap(rates: &[Option<LayerRate>; MAX_TEMPORAL], max_fps: u32) -> 
     cap
 }
 
+/// The allocator's table for one subscription: each simulcast layer's
+/// price (`prices`, what the whole layer costs) split by the measured share
+/// of its temporal layers, without those above the subscriber's frame rate
+/// cap. A layer without measured temporal layering is one step.
+pub fn layer_rates(prices: [Option<u64>; MAX_LAYERS], stats: &TemporalStats, max_fps: u32) -> LayerRates {
+    let mut rates = [[None; MAX_TEMPORAL]; MAX_LAYERS];
+    for (s, (row, price)) in rates.iter_mut().zip(prices).enumerate() {
+        let Some(price) = price else { continue };
+        let measured = stats.rates(s);
+        let Some(shares) = cumulative_shares(&measured) else {
+            row[0] = Some(price);
+            continue;
+        };
+        let cap = usize::from(temporal_cap(&measured, max_fps));
+        for (r, share) in row.iter_mut().zip(shares).take(cap + 1) {
+            *r = share.map(|sh| price.saturating_mul(sh) / 1000);
+        }
+        if row.iter().all(Option::is_none) {
+            row[0] = Some(price);
+        }
+    }
+    rates
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +335,16 @@ mod tests {
         assert_eq!(shares[2], Some(1000));
         assert!(shares[0].unwrap() > 200 && shares[0].unwrap() < 300, "{shares:?}");
         assert_eq!(cumulative_shares(&s.rates(0)), None);
+
+        // The allocator's table: layer 1 split by its measured shares and
+        // capped by the frame rate; layer 0 (unlayered) one step; layer 2
+        // absent.
+        let prices = [Some(100_000), Some(1_000_000), None];
+        let t = layer_rates(prices, &s, 0);
+        assert_eq!(t[0], [Some(100_000), None, None, None]);
+        assert!(t[1][0].unwrap() < t[1][1].unwrap() && t[1][2] == Some(1_000_000) && t[1][3].is_none());
+        assert_eq!(t[2], [None; MAX_TEMPORAL]);
+        let t = layer_rates(prices, &s, 10);
+        assert!(t[1][0].is_some() && t[1][1..].iter().all(Option::is_none), "{t:?}");
     }
 }
