@@ -27,6 +27,8 @@ struct Publisher {
     tl0: u8,
     force_key: bool,
     keyframes: usize,
+    /// VP9 payload descriptors (non-flexible mode) instead of VP8.
+    vp9: bool,
 }
 
 impl Publisher {
@@ -52,16 +54,26 @@ impl Publisher {
         let sync = pos == 1 || pos == 2;
         let now = net.now;
         let rtc = &mut net.clients[c].rtc;
-        let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp8).unwrap().pt();
+        let codec = if self.vp9 { Codec::Vp9 } else { Codec::Vp8 };
+        let pt = rtc.codec_config().find(|p| p.spec().codec == codec).unwrap().pt();
         for k in 0..2 {
             let mut payload = vec![0xAAu8; 600];
-            payload[0] = 0x80 | if k == 0 { 0x10 } else { 0 };
-            payload[1] = 0xe0; // PictureID, TL0PICIDX, TID
-            payload[2] = 0x80 | (self.picture_id >> 8) as u8;
-            payload[3] = self.picture_id as u8;
-            payload[4] = self.tl0;
-            payload[5] = tid << 6 | u8::from(sync) << 5;
-            payload[6] = if k == 0 && !key { 0x01 } else { 0x00 };
+            if self.vp9 {
+                // I, P unless key, L, B on the first packet, E on the last.
+                payload[0] = 0xa0 | u8::from(!key) << 6 | if k == 0 { 0x08 } else { 0x04 };
+                payload[1] = 0x80 | (self.picture_id >> 8) as u8;
+                payload[2] = self.picture_id as u8;
+                payload[3] = tid << 5 | u8::from(sync) << 4; // SID 0
+                payload[4] = self.tl0;
+            } else {
+                payload[0] = 0x80 | if k == 0 { 0x10 } else { 0 };
+                payload[1] = 0xe0; // PictureID, TL0PICIDX, TID
+                payload[2] = 0x80 | (self.picture_id >> 8) as u8;
+                payload[3] = self.picture_id as u8;
+                payload[4] = self.tl0;
+                payload[5] = tid << 6 | u8::from(sync) << 5;
+                payload[6] = if k == 0 && !key { 0x01 } else { 0x00 };
+            }
             let mut api = rtc.direct_api();
             let stream = api.stream_tx_by_mid(mid, None).expect("publisher stream");
             stream.write_rtp(
@@ -133,7 +145,7 @@ fn tids_and_fps(got: &[Got], seconds: f64) -> (Vec<u8>, f64) {
 
 /// Alice publishes L1T3 VP8 for 2 s, then bob subscribes; `before_answer`
 /// runs between bob's subscription and his answer.
-fn room(net: &mut Net, before_answer: impl FnOnce(&mut Net, sfu::ParticipantId, TrackId)) -> Room {
+fn room(net: &mut Net, vp9: bool, before_answer: impl FnOnce(&mut Net, sfu::ParticipantId, TrackId)) -> Room {
     let now = net.now;
     let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
     let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
@@ -154,6 +166,7 @@ fn room(net: &mut Net, before_answer: impl FnOnce(&mut Net, sfu::ParticipantId, 
         tl0: 250,
         force_key: false,
         keyframes: 0,
+        vp9,
     };
     // Live before anyone subscribes: the SFU measures the layers' rates.
     run_for(net, &mut publisher, a, mid, Duration::from_secs(2));
@@ -207,7 +220,7 @@ fn max_fps_selects_temporal_layers_without_gaps() {
         b,
         mid,
         mut publisher,
-    } = room(&mut net, |_, _, _| {});
+    } = room(&mut net, false, |_, _, _| {});
     let now = net.now;
     net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
     run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
@@ -272,7 +285,7 @@ fn max_fps_set_before_the_answer_applies() {
         mid,
         mut publisher,
         ..
-    } = room(&mut net, |net, bob, track| {
+    } = room(&mut net, false, |net, bob, track| {
         let now = net.now;
         net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
     });
@@ -296,7 +309,7 @@ fn max_fps_applies_with_str0ms_own_estimate() {
         b,
         mid,
         mut publisher,
-    } = room(&mut net, |_, _, _| {});
+    } = room(&mut net, false, |_, _, _| {});
     let now = net.now;
     net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
     let mark = received(&net, b).len();
@@ -309,4 +322,85 @@ fn max_fps_applies_with_str0ms_own_estimate() {
         .iter()
         .any(|e| matches!(e, sfu::SfuEvent::Estimate { participant, .. } if *participant == bob));
     assert!(estimated, "str0m's estimate drove the allocation");
+}
+
+/// The allocator uses temporal layers as the steps of a single stream: an
+/// estimate too low for the full rate but enough for two layers gets two
+/// layers (no pause, no keyframe), and all of them again when it rises.
+#[test]
+fn estimate_between_temporal_layers_picks_the_ones_that_fit() {
+    let mut net = Net::new();
+    let Room {
+        bob,
+        a,
+        b,
+        mid,
+        mut publisher,
+        ..
+    } = room(&mut net, false, |_, _, _| {});
+    // About 300 kbit/s in all: TL0 a quarter, TL0 + TL1 half.
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::kbps(200)));
+    let mark = received(&net, b).len();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(3));
+    let got = received(&net, b);
+    let later = &got[(mark + 4).min(got.len())..];
+    let (tids, fps) = tids_and_fps(later, 3.0);
+    assert_eq!(tids, [0, 1], "two layers fit 200 kbit/s");
+    assert!((12.0..=16.5).contains(&fps), "{fps}");
+
+    let keyframes = publisher.keyframes;
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    let mark = received(&net, b).len();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    let got = received(&net, b);
+    assert_eq!(tids_and_fps(&got[mark..], 2.0).0, [0, 1, 2]);
+    // Only the periodic keyframe (every 2 s) in between, none requested.
+    assert!(publisher.keyframes <= keyframes + 1);
+    assert_continuous(&got);
+}
+
+/// VP9 temporal layers (switching-up points by the U bit): the same cap,
+/// gap-free; VP9 PictureIDs are left as they are (its receiver tracks
+/// missing frames per temporal layer).
+#[test]
+fn vp9_temporal_layers_follow_max_fps() {
+    let mut net = Net::new();
+    let Room {
+        bob,
+        track,
+        a,
+        b,
+        mid,
+        mut publisher,
+    } = room(&mut net, true, |_, _, _| {});
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    let layers = |net: &Net, from: usize| {
+        let got: Vec<(u64, sfu::codec::vp9::Vp9Descriptor)> = net.clients[b]
+            .rtp_packets()
+            .filter(|p| p.payload.len() == 600)
+            .map(|p| (*p.seq_no, sfu::codec::vp9::parse(&p.payload).expect("a VP9 descriptor")))
+            .collect();
+        for w in got.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 1, "sequence gap");
+        }
+        let mut tids: Vec<u8> = got[from.min(got.len())..].iter().filter_map(|(_, d)| d.tid).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        (got.len(), tids)
+    };
+    let (n, tids) = layers(&net, 0);
+    assert!(n > 0 && tids == [0, 1, 2], "{tids:?}");
+    let now = net.now;
+    net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    let (m, tids) = layers(&net, n + 2);
+    assert_eq!(tids, [0]);
+    let now = net.now;
+    net.sfu.set_track_limits(now, bob, track, limit(0)).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    assert_eq!(layers(&net, m).1, [0, 1, 2]);
 }
