@@ -17,6 +17,9 @@
 //! (temporal layers above the target) are removed by counting them in
 //! `dropped_before`; runs of them are remembered in a small fixed ring so that
 //! late (reordered) packets are still mapped to the slot they would have had.
+//! Packets missing between two dropped packets of the same frame (same
+//! timestamp) are counted as dropped too: they belong to that frame, and a
+//! gap there would make the receiver NACK what will never be sent.
 //!
 //! # Timestamps
 //! On a switch the output timestamp continues at `last_out_ts + elapsed *
