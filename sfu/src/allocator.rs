@@ -6,6 +6,11 @@
 //! each video getting the best layer that fits what is left. A video whose
 //! lowest layer does not fit is paused rather than sent into congestion.
 //!
+//! A layer is a (simulcast, temporal) pair: temporal layers are the finer
+//! steps between simulcast layers (dropping them needs no keyframe), ordered
+//! simulcast first: (1, 0) is above (0, 2). A track without temporal
+//! layering has only temporal layer 0 in its table.
+//!
 //! Upgrading a video above the layer it currently forwards costs the layer's
 //! bitrate plus 20% headroom ([`crate::simulcast::with_headroom`]), so a
 //! noisy estimate does not make the layer flap and lower-priority tracks
@@ -14,7 +19,30 @@
 //! The function is pure and allocation-free; remembering whether the estimate
 //! is stable (before acting on a probe suggestion) is the caller's job.
 
+pub use crate::codec::MAX_TEMPORAL;
 use crate::simulcast::{with_headroom, MAX_LAYERS};
+
+/// Bitrate of forwarding simulcast layer `s` with temporal layers up to `t`
+/// at `[s][t]`; `None` where the pair is absent or not allowed.
+pub type LayerRates = [[Option<u64>; MAX_TEMPORAL]; MAX_LAYERS];
+
+/// A table of simulcast layers without temporal layering.
+pub fn spatial_only(layers: [Option<u64>; MAX_LAYERS]) -> LayerRates {
+    let mut t = [[None; MAX_TEMPORAL]; MAX_LAYERS];
+    for (row, l) in t.iter_mut().zip(layers) {
+        row[0] = l;
+    }
+    t
+}
+
+/// Position of a (simulcast, temporal) pair in the quality order.
+fn rank(spatial: u8, temporal: u8) -> usize {
+    usize::from(spatial) * MAX_TEMPORAL + usize::from(temporal)
+}
+
+fn pair(rank: usize) -> (u8, u8) {
+    ((rank / MAX_TEMPORAL) as u8, (rank % MAX_TEMPORAL) as u8)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrackKind {
@@ -40,14 +68,15 @@ pub struct TrackDemand {
     /// The subscriber's priority (higher first); map visibility here (or to
     /// `paused` for hidden tiles).
     pub priority: u8,
-    /// Measured bitrate of each active layer, `None` for absent or inactive
-    /// layers. Audio uses `layers[0]`.
-    pub layers: [Option<u64>; MAX_LAYERS],
-    /// Preference cap, e.g. from [`crate::simulcast::allowed_max_layer`].
+    /// Measured bitrate of each active (simulcast, temporal) layer, `None`
+    /// for absent, inactive or disallowed ones (a frame rate cap removes
+    /// the temporal layers above it). Audio uses `layers[0][0]`.
+    pub layers: LayerRates,
+    /// Simulcast layer cap, e.g. from [`crate::simulcast::allowed_max_layer`].
     pub max_layer: u8,
     pub paused: bool,
-    /// Layer currently forwarded.
-    pub current: Option<u8>,
+    /// (simulcast, temporal) layer currently forwarded.
+    pub current: Option<(u8, u8)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,8 +93,10 @@ pub enum AllocationState {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Allocation {
     pub state: AllocationState,
-    /// Chosen layer (`Some(0)` for audio), `None` when paused.
+    /// Chosen simulcast layer (`Some(0)` for audio), `None` when paused.
     pub layer: Option<u8>,
+    /// Chosen temporal layer (0 when paused or unlayered).
+    pub temporal: u8,
     /// Budget to give the track's selector (0 when paused).
     pub budget_bps: u64,
 }
@@ -86,29 +117,40 @@ pub enum AllocateError {
     LengthMismatch { tracks: usize, allocations: usize },
 }
 
-/// Cost of `layer` for a track currently at `current`.
-fn cost(bitrate: u64, layer: u8, current: Option<u8>) -> u64 {
+/// Cost of the pair at `rank` for a track currently at `current`.
+fn cost(bitrate: u64, rank_: usize, current: Option<(u8, u8)>) -> u64 {
     match current {
-        Some(c) if layer > c => with_headroom(bitrate),
+        Some((s, t)) if rank_ > rank(s, t) => with_headroom(bitrate),
         _ => bitrate,
     }
 }
 
-/// Best layer at or below the track's cap that costs at most `budget`.
-fn best_layer(track: &TrackDemand, budget: u64) -> Option<(u8, u64)> {
-    let cap = usize::from(track.max_layer).min(MAX_LAYERS - 1);
-    (0..=cap).rev().find_map(|l| {
-        let bitrate = track.layers[l]?;
-        let cost = cost(bitrate, l as u8, track.current);
-        (cost <= budget).then_some((l as u8, cost))
+fn rate(track: &TrackDemand, rank: usize) -> Option<u64> {
+    let (s, t) = pair(rank);
+    track.layers[usize::from(s)][usize::from(t)]
+}
+
+/// Ranks at or below the track's cap.
+fn ranks(track: &TrackDemand) -> std::ops::RangeInclusive<usize> {
+    let cap = track.max_layer.min(MAX_LAYERS as u8 - 1);
+    0..=rank(cap, MAX_TEMPORAL as u8 - 1)
+}
+
+/// Best (simulcast, temporal) pair at or below the track's cap that costs
+/// at most `budget`.
+fn best_layer(track: &TrackDemand, budget: u64) -> Option<((u8, u8), u64)> {
+    ranks(track).rev().find_map(|r| {
+        let cost = cost(rate(track, r)?, r, track.current);
+        (cost <= budget).then_some((pair(r), cost))
     })
 }
 
-/// The next layer above `layer` (or the lowest when `None`) the track may use.
-fn next_layer(track: &TrackDemand, layer: Option<u8>) -> Option<(u8, u64)> {
-    let from = layer.map_or(0, |l| usize::from(l) + 1);
-    let cap = usize::from(track.max_layer).min(MAX_LAYERS - 1);
-    (from..=cap).find_map(|l| track.layers[l].map(|b| (l as u8, cost(b, l as u8, track.current))))
+/// The next pair above `layer` (or the lowest when `None`) the track may use.
+fn next_layer(track: &TrackDemand, layer: Option<(u8, u8)>) -> Option<((u8, u8), u64)> {
+    let from = layer.map_or(0, |(s, t)| rank(s, t) + 1);
+    ranks(track)
+        .filter(|r| *r >= from)
+        .find_map(|r| rate(track, r).map(|b| (pair(r), cost(b, r, track.current))))
 }
 
 /// Ordering key of a video track: greater goes first; the index breaks ties
@@ -144,7 +186,11 @@ pub fn allocate(
     for (track, slot) in tracks.iter().zip(out.iter_mut()) {
         if track.kind == TrackKind::Audio {
             // Audio is never paused for bandwidth: without it there is no call.
-            let bitrate = if track.paused { 0 } else { track.layers[0].unwrap_or(0) };
+            let bitrate = if track.paused {
+                0
+            } else {
+                track.layers[0][0].unwrap_or(0)
+            };
             *slot = Allocation {
                 state: if track.paused {
                     AllocationState::PausedByPreference
@@ -152,6 +198,7 @@ pub fn allocate(
                     AllocationState::Forwarding
                 },
                 layer: (!track.paused).then_some(0),
+                temporal: 0,
                 budget_bps: bitrate,
             };
             remaining = remaining.saturating_sub(bitrate);
@@ -170,20 +217,19 @@ pub fn allocate(
         let alloc = if track.paused {
             Allocation {
                 state: AllocationState::PausedByPreference,
-                layer: None,
-                budget_bps: 0,
+                ..Allocation::default()
             }
         } else {
             match best_layer(track, remaining) {
-                Some((layer, cost)) => Allocation {
+                Some(((layer, temporal), cost)) => Allocation {
                     state: AllocationState::Forwarding,
                     layer: Some(layer),
+                    temporal,
                     budget_bps: cost,
                 },
                 None => Allocation {
                     state: AllocationState::PausedByBandwidth,
-                    layer: None,
-                    budget_bps: 0,
+                    ..Allocation::default()
                 },
             }
         };
@@ -193,9 +239,10 @@ pub fn allocate(
         if track.paused {
             continue;
         }
-        settled &= alloc.layer == track.current;
+        let chosen = alloc.layer.map(|l| (l, alloc.temporal));
+        settled &= chosen == track.current;
         if wants_more.is_none() {
-            wants_more = next_layer(track, alloc.layer).map(|(_, cost)| cost.saturating_sub(alloc.budget_bps));
+            wants_more = next_layer(track, chosen).map(|(_, cost)| cost.saturating_sub(alloc.budget_bps));
         }
     }
 
@@ -219,10 +266,10 @@ mod tests {
         TrackDemand {
             kind: TrackKind::Audio,
             priority: 0,
-            layers: [Some(40_000), None, None],
+            layers: spatial_only([Some(40_000), None, None]),
             max_layer: 0,
             paused: false,
-            current: Some(0),
+            current: Some((0, 0)),
         }
     }
 
@@ -230,10 +277,10 @@ mod tests {
         TrackDemand {
             kind,
             priority,
-            layers: LAYERS,
+            layers: spatial_only(LAYERS),
             max_layer: 2,
             paused: false,
-            current,
+            current: current.map(|l| (l, 0)),
         }
     }
 
@@ -282,6 +329,7 @@ mod tests {
             Allocation {
                 state: AllocationState::Forwarding,
                 layer: Some(0),
+                temporal: 0,
                 budget_bps: 150_000
             }
         );
@@ -290,6 +338,7 @@ mod tests {
             Allocation {
                 state: AllocationState::PausedByBandwidth,
                 layer: None,
+                temporal: 0,
                 budget_bps: 0
             }
         );
@@ -302,7 +351,7 @@ mod tests {
         let mut paused = video(TrackKind::ScreenShare, 9, None);
         paused.paused = true;
         let mut holes = video(TrackKind::Camera, 0, Some(0));
-        holes.layers = [None, Some(500_000), None];
+        holes.layers = spatial_only([None, Some(500_000), None]);
         let (out, summary) = run(10_000_000, &[capped, paused, holes]);
         assert_eq!(out[0].layer, Some(1));
         assert_eq!(
@@ -310,6 +359,7 @@ mod tests {
             Allocation {
                 state: AllocationState::PausedByPreference,
                 layer: None,
+                temporal: 0,
                 budget_bps: 0
             }
         );
@@ -356,6 +406,54 @@ mod tests {
         let (out, summary) = run(700_000, &tracks);
         assert_eq!((out[0].layer, out[1].layer), (Some(0), Some(1)));
         assert_eq!(summary.probe_bps, Some(150_000 + 1_800_000));
+    }
+
+    /// Three simulcast layers of L1T3: each temporal layer adds to the rate.
+    fn layered(current: Option<(u8, u8)>) -> TrackDemand {
+        let mut layers = [[None; MAX_TEMPORAL]; MAX_LAYERS];
+        for (row, full) in layers.iter_mut().zip([150_000u64, 500_000, 1_500_000]) {
+            row[0] = Some(full * 4 / 10);
+            row[1] = Some(full * 6 / 10);
+            row[2] = Some(full);
+        }
+        TrackDemand {
+            layers,
+            current,
+            ..video(TrackKind::Camera, 0, None)
+        }
+    }
+
+    fn chosen(a: &Allocation) -> Option<(u8, u8)> {
+        a.layer.map(|l| (l, a.temporal))
+    }
+
+    #[test]
+    fn temporal_layers_are_finer_steps() {
+        let at = |estimate, current| {
+            let (out, summary) = run(estimate, &[layered(current)]);
+            (chosen(&out[0]), out[0].budget_bps, summary.probe_bps)
+        };
+        // Between simulcast layers 0 (150k) and 1 (500k at full rate):
+        // layer 1 at a lower frame rate.
+        assert_eq!(at(350_000, Some((1, 1))), (Some((1, 1)), 300_000, Some(600_000)));
+        assert_eq!(at(250_000, Some((1, 1))), (Some((1, 0)), 200_000, None));
+        // Below layer 1's base: layer 0 at full rate, then its base layer.
+        assert_eq!(at(190_000, Some((0, 2))), (Some((0, 2)), 150_000, Some(240_000)));
+        assert_eq!(at(70_000, Some((0, 0))), (Some((0, 0)), 60_000, Some(108_000)));
+        // Nothing fits: paused (no probe while the pause takes effect).
+        assert_eq!(at(50_000, Some((0, 0))), (None, 0, None));
+        assert_eq!(at(50_000, None), (None, 0, Some(60_000)));
+        // Upgrades pay the headroom: 1.2 x 600k for (2, 0) from (1, 2).
+        assert_eq!(at(700_000, Some((1, 2))).0, Some((1, 2)));
+        assert_eq!(at(720_000, Some((1, 2))).0, Some((2, 0)));
+        // A frame rate cap removes the upper temporal layers.
+        let mut capped = layered(Some((2, 0)));
+        for row in capped.layers.iter_mut() {
+            row[1] = None;
+            row[2] = None;
+        }
+        let (out, summary) = run(10_000_000, &[capped]);
+        assert_eq!((chosen(&out[0]), summary.probe_bps), (Some((2, 0)), None));
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! (temporal layers above the target) are removed by counting them in
 //! `dropped_before`; runs of them are remembered in a small fixed ring so that
 //! late (reordered) packets are still mapped to the slot they would have had.
+//! Packets missing between two dropped packets of the same frame (same
+//! timestamp) are counted as dropped too: they belong to that frame, and a
+//! gap there would make the receiver NACK what will never be sent.
 //!
 //! # Timestamps
 //! On a switch the output timestamp continues at `last_out_ts + elapsed *
@@ -77,6 +80,9 @@ pub struct Rewritten {
     pub seq: u16,
     pub ts: u32,
     pub marker: bool,
+    /// The first packet of a new segment (after a switch or resume): codec
+    /// numbering rewritten per subscriber (VP8 PictureID) continues here.
+    pub segment_start: bool,
 }
 
 /// Unwraps a 16-bit sequence number to the extended number closest to
@@ -111,6 +117,9 @@ struct Segment {
     /// spirit.
     seq_offset: u64,
     ts_offset: u32,
+    /// Timestamp of the packet at `highest_in`, and whether it was dropped.
+    highest_ts: u32,
+    highest_dropped: bool,
     dropped: u64,
     runs: [DropRun; DROP_RUNS],
     /// Ring of `runs`: index of the oldest and how many are valid.
@@ -128,6 +137,8 @@ impl Segment {
             highest_in: first_in,
             seq_offset,
             ts_offset,
+            highest_ts: 0,
+            highest_dropped: false,
             dropped: 0,
             runs: [DropRun::default(); DROP_RUNS],
             runs_head: 0,
@@ -285,8 +296,18 @@ impl DownTrack {
             return None;
         }
         let dropped_before = if in_ext > seg.highest_in || (switching && in_ext == seg.first_in) {
+            let drop = pkt.droppable && !pkt.keyframe;
+            if drop && seg.highest_dropped && seg.highest_ts == pkt.ts {
+                // Packets missing between two dropped packets of one frame
+                // belong to that frame: dropped too, not a gap to NACK.
+                for missing in seg.highest_in + 1..in_ext {
+                    seg.record_drop(missing);
+                }
+            }
             seg.highest_in = in_ext;
-            if pkt.droppable && !pkt.keyframe {
+            seg.highest_ts = pkt.ts;
+            seg.highest_dropped = drop;
+            if drop {
                 seg.record_drop(in_ext);
                 return None;
             }
@@ -317,6 +338,7 @@ impl DownTrack {
             seq: out_ext as u16,
             ts: out_ts,
             marker: pkt.marker,
+            segment_start: switching,
         })
     }
 
@@ -381,7 +403,8 @@ mod tests {
                 ssrc: 42,
                 seq: 11,
                 ts: 1000,
-                marker: false
+                marker: false,
+                segment_start: true,
             })
         );
         assert_eq!(seq_of(&mut dt, pkt(L0, 12, 1000, t0)), Some(12));
@@ -468,6 +491,28 @@ mod tests {
         assert_eq!(seq_of(&mut dt, pkt(L0, 5, 0, t0)), Some(3));
         assert_eq!(seq_of(&mut dt, pkt(L0, 3, 0, t0)), None);
         assert_eq!(seq_of(&mut dt, pkt(L0, 7, 0, t0)), None);
+    }
+
+    #[test]
+    fn holes_inside_a_dropped_frame_are_dropped_too() {
+        let t0 = Instant::now();
+        let mut dt = DownTrack::new(1, 90_000);
+        let drop = |seq, ts| PacketInfo {
+            droppable: true,
+            ..pkt(L0, seq, ts, t0)
+        };
+        assert_eq!(seq_of(&mut dt, key(L0, 1, 0, t0)), Some(1));
+        assert_eq!(seq_of(&mut dt, drop(2, 3000)), None);
+        // 3 and 4 are late; 5 is the same dropped frame, so they are its own.
+        assert_eq!(seq_of(&mut dt, drop(5, 3000)), None);
+        assert_eq!(seq_of(&mut dt, pkt(L0, 6, 6000, t0)), Some(2));
+        assert_eq!(seq_of(&mut dt, drop(3, 3000)), None);
+        assert_eq!(seq_of(&mut dt, pkt(L0, 4, 3000, t0)), None);
+        // A hole before a packet of another frame stays a hole (a real loss
+        // the receiver must NACK).
+        assert_eq!(seq_of(&mut dt, drop(7, 9000)), None);
+        assert_eq!(seq_of(&mut dt, drop(9, 12000)), None);
+        assert_eq!(seq_of(&mut dt, pkt(L0, 10, 15000, t0)), Some(4));
     }
 
     #[test]

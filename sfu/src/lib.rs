@@ -14,6 +14,11 @@
 //!   switches and pauses look like one continuous stream to the receiver;
 //! - [`simulcast`] caps a subscriber's layer by its preferences and
 //!   throttles keyframe requests (the router switches layers at keyframes);
+//! - [`temporal`] drops temporal layers above a subscriber's target (no
+//!   keyframe needed) and measures each layer's bitrate and frame rate;
+//!   [`codec`] reads the VP8/VP9 payload descriptors it needs and keeps VP8
+//!   PictureIDs continuous per subscriber (written by str0m's `Vp8Patch`
+//!   during serialisation, so no copy of the shared payload);
 //! - [`allocator`] divides a subscriber's bandwidth estimate across its
 //!   down-tracks;
 //! - [`speaker`] detects active speakers from audio levels;
@@ -112,10 +117,12 @@ pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};
 
 pub mod allocator;
 pub mod answer_order;
+pub mod codec;
 pub mod downtrack;
 pub mod red;
 pub mod simulcast;
 pub mod speaker;
+pub mod temporal;
 
 /// Errors of the SFU's control operations. The packet path has none: bad
 /// input is dropped and counted, never returned.

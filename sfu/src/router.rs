@@ -20,6 +20,8 @@ use str0m::net::{Protocol, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
 use crate::allocator::{allocate, Allocation, AllocationState, TrackDemand, TrackKind};
+use crate::codec::picture_id::PictureIdRewriter;
+use crate::codec::{self, vp8, FrameInfo};
 use crate::downtrack::{DownTrack, PacketInfo, SourceId};
 use crate::keyframe::is_keyframe;
 use crate::mux::{shard_prefix, Mux, PeerId, Route};
@@ -27,6 +29,7 @@ use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
 use crate::red::{self, RedOut};
 use crate::simulcast::{allowed_max_layer, KeyframeRequester, LayerInfo, Preferences, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
+use crate::temporal::{layer_rates, temporal_cap, TemporalFilter, TemporalStats, TOP};
 use crate::Error;
 
 /// Identifies a participant across the whole SFU (assigned by the handle).
@@ -133,6 +136,9 @@ struct Participant {
     downs: HashMap<Mid, Down>,
     /// Subscriptions waiting for the next subscriber offer.
     pending_adds: Vec<TrackId>,
+    /// Limits set for subscriptions that have no down-track yet (their
+    /// m-line waits for the next offer); applied when it is created.
+    pending_limits: Vec<(TrackId, Limits)>,
     /// Subscriber mids to stop in the next offer.
     pending_stops: Vec<Mid>,
     /// Data channels open on the publisher connection, by label.
@@ -182,6 +188,8 @@ struct Track {
     /// The msid (stream id, track id) subscribers' m-lines carry, as the
     /// control plane named the track; `PA_<n>`/`TR_<n>_<mid>` until then.
     msid: Option<(String, String)>,
+    /// Bitrate and frame rate per (simulcast, temporal) layer.
+    temporal: TemporalStats,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -213,6 +221,10 @@ struct Down {
     /// Publisher PT -> subscriber PT, and what becomes of a RED payload.
     pts: Vec<(Pt, Pt, RedOut)>,
     dt: DownTrack,
+    /// Which temporal layers are forwarded (the allocator's choice).
+    temporal: TemporalFilter,
+    /// VP8 PictureID/TL0PICIDX continuity across dropped frames and switches.
+    pictures: PictureIdRewriter,
     /// Highest extended output sequence number written (str0m wants
     /// extended numbers; the down-track gives 16 bits).
     out_ext: Option<u64>,
@@ -223,8 +235,8 @@ struct Down {
 pub struct Limits {
     pub max_width: u32,
     pub max_height: u32,
-    /// Accepted but not acted on yet: capping the frame rate needs
-    /// temporal layers, and the router does not parse them.
+    /// Acted on through temporal layers (VP8, VP9): the highest whose
+    /// measured frame rate fits; a stream without them is not capped.
     pub max_fps: u32,
 }
 
@@ -418,6 +430,7 @@ impl Router {
                 subscriber: None,
                 downs: HashMap::new(),
                 pending_adds: Vec::new(),
+                pending_limits: Vec::new(),
                 pending_stops: Vec::new(),
                 channels: HashMap::new(),
                 relay_data: true,
@@ -521,6 +534,7 @@ impl Router {
     pub fn unsubscribe(&mut self, now: Instant, subscriber: ParticipantId, track: TrackId) -> Result<(), Error> {
         let p = self.participants.get_mut(&subscriber).ok_or(Error::Unknown)?;
         p.pending_adds.retain(|t| *t != track);
+        p.pending_limits.retain(|(t, _)| *t != track);
         let mids: Vec<Mid> = p
             .downs
             .iter()
@@ -637,7 +651,14 @@ impl Router {
             found = true;
         }
         if !found {
-            return Err(Error::Unknown);
+            // Signalling sets a new subscription's preferences right after
+            // subscribing, possibly while an offer is out.
+            if !p.pending_adds.contains(&track) {
+                return Err(Error::Unknown);
+            }
+            p.pending_limits.retain(|(t, _)| *t != track);
+            p.pending_limits.push((track, limits));
+            return Ok(());
         }
         self.reallocate(now, subscriber);
         Ok(())
@@ -832,6 +853,10 @@ impl Router {
             if let Some(t) = self.tracks.get_mut(&source) {
                 t.subscribers.push((id, mid));
             }
+            let limits = match p.pending_limits.iter().position(|(t, _)| *t == source) {
+                Some(i) => p.pending_limits.swap_remove(i).1,
+                None => Limits::default(),
+            };
             p.downs.insert(
                 mid,
                 Down {
@@ -840,11 +865,13 @@ impl Router {
                     current: None,
                     target: rid,
                     pinned: None,
-                    limits: Limits::default(),
+                    limits,
                     paused: false,
                     bw_paused: false,
                     pts: Vec::new(),
                     dt,
+                    temporal: TemporalFilter::new(),
+                    pictures: PictureIdRewriter::new(),
                     out_ext: None,
                 },
             );
@@ -1038,6 +1065,7 @@ impl Router {
                     unwanted_since: [None; MAX_LAYERS],
                     resumed_at: [None; MAX_LAYERS],
                     msid: None,
+                    temporal: TemporalStats::default(),
                 });
                 self.events.push_back(SfuEvent::TrackPublished {
                     track,
@@ -1250,6 +1278,15 @@ impl Router {
             return;
         };
         let Some(estimate) = p.estimate_override.or(p.estimate) else {
+            // No estimate yet: the frame rate cap still applies.
+            for d in p.downs.values_mut() {
+                let Some(t) = self.tracks.get(&d.source) else { continue };
+                let s = d.current.or(d.target).map_or(0, |r| layer_of(&t.rids, Some(r)));
+                if t.temporal.is_layered(s) {
+                    d.temporal
+                        .set_target(temporal_cap(&t.temporal.rates(s), d.limits.max_fps));
+                }
+            }
             return;
         };
         // Control rate (one estimate every few hundred ms), so these
@@ -1290,16 +1327,25 @@ impl Router {
                     *l = Some(t.last_bps[i].unwrap_or(*d));
                 }
             }
+            let rates = layer_rates(layers, &t.temporal, d.limits.max_fps);
             let max_layer = max_layer(t, d);
             let current = d.current.map(|r| layer_of(&t.rids, Some(r)) as u8).or_else(|| {
                 // A single stream being forwarded is layer 0.
                 (d.current.is_none() && t.rids.is_empty() && !d.bw_paused).then_some(0)
             });
+            let current = current.map(|s| {
+                let tl = if t.temporal.is_layered(usize::from(s)) {
+                    d.temporal.current().unwrap_or(d.temporal.target())
+                } else {
+                    0
+                };
+                (s, tl)
+            });
             mids.push(*mid);
             demands.push(TrackDemand {
                 kind,
                 priority: 0,
-                layers,
+                layers: rates,
                 max_layer,
                 paused: d.paused || t.muted,
                 current,
@@ -1321,6 +1367,10 @@ impl Router {
                         d.dt.resume();
                     }
                     if let Some(l) = a.layer {
+                        // A layer without measured temporal layering (yet)
+                        // forwards all it has.
+                        let layered = t.temporal.is_layered(usize::from(l));
+                        d.temporal.set_target(if layered { a.temporal } else { TOP });
                         let rid = t.rids.get(usize::from(l)).copied();
                         if rid != d.target || was_paused {
                             tracing::debug!(?participant, track = ?d.source, ?rid, estimate = estimate.as_u64(), probe = ?summary.probe_bps, "layer target");
@@ -1479,7 +1529,31 @@ impl Router {
                 det.on_level(source.publisher.0, level, now);
             }
         }
-        let keyframe = is_video && is_keyframe(params.spec().codec, &packet.payload);
+        let codec = params.spec().codec;
+        let keyframe = is_video && is_keyframe(codec, &packet.payload);
+        // Parsed once here, not per subscriber.
+        let vp8 = (is_video && codec == str0m::format::Codec::Vp8)
+            .then(|| vp8::parse(&packet.payload).ok())
+            .flatten();
+        let frame = if let Some(d) = &vp8 {
+            Some(FrameInfo {
+                tid: d.tid,
+                sync: d.layer_sync,
+                frame_start: d.frame_start(),
+                keyframe,
+            })
+        } else if is_video {
+            codec::frame_info(codec, &packet.payload).map(|f| FrameInfo { keyframe, ..f })
+        } else {
+            None
+        };
+        if is_video {
+            let bytes = packet.payload.len() + packet.header.header_len;
+            track.temporal.on_packet(now, layer, &frame.unwrap_or_default(), bytes);
+        }
+        // str0m's own view of the descriptor, needed to build a patch; only
+        // parsed when some subscriber's numbering differs.
+        let mut patchable: Option<Option<str0m::rtp::Vp8Descriptor>> = None;
         let h = &packet.header;
         let ext = ExtensionValues {
             audio_level: h.ext_vals.audio_level,
@@ -1524,7 +1598,29 @@ impl Router {
             } else if rid != d.current {
                 continue;
             }
-            let Some(rw) = d.dt.forward(&info) else { continue };
+            let mut info = info;
+            if let Some(f) = &frame {
+                info.droppable = !d.temporal.accept(f);
+            }
+            let Some(rw) = d.dt.forward(&info) else {
+                if let (true, Some(v)) = (info.droppable, &vp8) {
+                    d.pictures.dropped(v);
+                }
+                continue;
+            };
+            let patch = vp8.as_ref().and_then(|v| {
+                let r = d.pictures.forward(v, rw.segment_start)?;
+                let same = v.picture_id.map(|p| p.value) == Some(r.picture_id) && v.tl0_pic_idx == r.tl0_pic_idx;
+                if same {
+                    return None;
+                }
+                let desc = patchable.get_or_insert_with(|| str0m::rtp::Vp8Descriptor::parse(&packet.payload).ok());
+                let mut b = desc.as_ref()?.patch().picture_id(r.picture_id);
+                if let Some(t) = r.tl0_pic_idx {
+                    b = b.tl0_pic_idx(t);
+                }
+                b.build().ok()
+            });
             let out_ext = match d.out_ext {
                 None => u64::from(rw.seq),
                 Some(last) => extend_seq(last, rw.seq),
@@ -1558,12 +1654,14 @@ impl Router {
                 let Some(stream) = api.stream_tx_by_mid(mid, None) else {
                     return false;
                 };
-                stream.write_rtp(
-                    RtpWrite::new(pt_out, out_ext.into(), rw.ts, now, payload)
-                        .marker(rw.marker)
-                        .ext_vals(ext.clone())
-                        .nackable(is_video),
-                );
+                let mut w = RtpWrite::new(pt_out, out_ext.into(), rw.ts, now, payload)
+                    .marker(rw.marker)
+                    .ext_vals(ext.clone())
+                    .nackable(is_video);
+                if let Some(p) = patch {
+                    w = w.vp8_patch(p);
+                }
+                stream.write_rtp(w);
                 true
             });
             if wrote == Some(true) && self.dirty.last() != Some(&sid) {

@@ -622,6 +622,17 @@ impl Adapter {
         if let Err(e) = self.sfu.set_track_settings(id, track, paused, rid).await {
             tracing::debug!(sid = %sub.sid, track_sid, error = %e, "SFU track settings failed");
         }
+        // The frame rate maps to temporal layers inside the SFU. Sizes are
+        // already applied through the pinned layer above, so they are not
+        // passed twice (the SFU's own size cap would pick differently).
+        let limits = sfu::Limits {
+            max_width: 0,
+            max_height: 0,
+            max_fps: s.settings.max_fps,
+        };
+        if let Err(e) = self.sfu.set_track_limits(id, track, limits).await {
+            tracing::debug!(sid = %sub.sid, track_sid, error = %e, "SFU track limits failed");
+        }
     }
 
     fn remove(&mut self, p: &ParticipantRef) {

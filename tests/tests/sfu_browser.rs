@@ -362,6 +362,36 @@ fn simulcast_layer_follows_preference() {
     }
 }
 
+/// Temporal layers: a subscriber's maximum frame rate makes the SFU drop
+/// the publisher's upper VP8 temporal layers: the decoded frame rate falls
+/// to about a third while decoding goes on, and comes back without limit.
+#[test]
+fn max_fps_drops_temporal_layers() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("temporal");
+    let v = server.run("sfu_temporal.mjs", json!({ "room": "temporal", "timeoutMs": 30000 }));
+    let fps = |step: &str| {
+        v[step]["fps"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {step} frame rate: {v:#}"))
+    };
+    let (full, limited, later, restored) = (fps("full"), fps("limited"), fps("limitedLater"), fps("restored"));
+    eprintln!(
+        "temporal: decoded fps full {full:.1}, limit {}, limited {limited:.1}, later {later:.1}, restored {restored:.1}; keyframes while limited {}; sent {}",
+        v["limit"], v["limitedLater"]["keyFrames"], v["sent"]
+    );
+    assert!(full >= 12.0, "full frame rate {full}: {v:#}");
+    assert!(
+        limited > 0.0 && limited <= full * 0.5,
+        "limited {limited} of {full}: {v:#}"
+    );
+    // Decoding goes on at the lower rate (not a freeze).
+    assert!(later > 0.0 && later <= full * 0.5, "later {later} of {full}: {v:#}");
+    assert!(restored >= full * 0.75, "restored {restored} of {full}: {v:#}");
+}
+
 /// Test 4: permissions: a token without can_publish cannot publish (a
 /// clear error on the page); a track muted through the REST API is seen
 /// muted by its subscriber, whose frames stop; a participant removed

@@ -126,6 +126,8 @@ export declare class RemoteTrackPublication extends TrackPublication {
   setPreferredLayer(layer: Layer | Quality | "auto" | null): void;
   /** The displayed size: the server forwards no larger layer than needed (0 = no limit). */
   setVideoSize(width: number, height: number): void;
+  /** The highest frame rate wanted (0 = no limit): temporal layers above it are not forwarded (VP8, VP9). */
+  setMaxFrameRate(fps: number): void;
   /** false pauses forwarding; the subscription stays. */
   setEnabled(enabled: boolean): void;
 }

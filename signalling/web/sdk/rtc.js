@@ -746,6 +746,14 @@ export class RemoteTrackPublication extends TrackPublication {
     this.settings.max_height = Math.max(0, Math.round(height || 0));
     this._pushSettings();
   }
+  /**
+   * The highest frame rate wanted (0 = no limit). The server drops temporal
+   * layers above it where the codec has them (VP8, VP9), without a keyframe.
+   */
+  setMaxFrameRate(fps) {
+    this.settings.max_fps = Math.max(0, Math.round(fps || 0));
+    this._pushSettings();
+  }
   /** false pauses forwarding entirely (e.g. a tile scrolled out of view); the subscription stays. */
   setEnabled(enabled) {
     this.settings.paused = !enabled;
