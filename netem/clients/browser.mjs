@@ -12,7 +12,7 @@
 // SDK has no such option; the page's RTCPeerConnection is wrapped before the
 // SDK loads). Runs until netem stops it (SIGTERM). Needs playwright-core
 // from tests/browser (npm ci there) and Chromium ($CHROMIUM or /usr/bin/chromium).
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
@@ -46,6 +46,8 @@ const cfg = {
 };
 const log = (...a) => console.log(`[${node}]`, ...a);
 mkdirSync(outDir, { recursive: true });
+// A fresh file: a previous run into the same directory must not mix in.
+writeFileSync(outFile, '');
 
 const browser = await chromium.launch({
   executablePath: env.CHROMIUM ?? '/usr/bin/chromium',
@@ -149,7 +151,7 @@ log(`joined ${cfg.room} as ${node} (${joined.sid}), publishing [${publish.join('
 /** One sample, in the page: the timeline's `browser` fields. */
 const sample = () =>
   page.evaluate(async () => {
-    const { room } = window.netem;
+    const { room, sdk } = window.netem;
     const st = await room.getStats();
     const out = {
       sent_kbps: (st.publisher.sendBitrate ?? 0) / 1000,
@@ -202,23 +204,38 @@ const sample = () =>
           out.received_height = t?.height ?? null;
           out.video_kbps = (t?.bitrate ?? 0) / 1000;
           out.rtt_ms = t?.rtt == null ? null : t.rtt * 1000;
+          // One inbound-rtp per SSRC the receiver has seen: counters are
+          // summed, the resolution is the most recently active stream's.
+          const video = [];
           (await pub.receiver.getStats()).forEach((s) => {
-            if (s.type !== 'inbound-rtp') return;
-            out.frames_decoded = s.framesDecoded ?? 0;
-            out.freezes = s.freezeCount ?? 0;
-            out.freeze_ms = Math.round((s.totalFreezesDuration ?? 0) * 1000);
-            out.packets_received = s.packetsReceived ?? 0;
-            out.packets_lost = Math.max(0, s.packetsLost ?? 0);
-            out.nacks = s.nackCount ?? 0;
-            out.keyframes = s.keyFramesDecoded ?? 0;
+            if (s.type === 'inbound-rtp') video.push(s);
           });
+          const sum = (f) => video.reduce((a, s) => a + Math.max(0, s[f] ?? 0), 0);
+          const cur = video.reduce((a, s) => ((s.lastPacketReceivedTimestamp ?? 0) > (a?.lastPacketReceivedTimestamp ?? -1) ? s : a), null);
+          out.video_ssrcs = video.length;
+          if (cur) {
+            out.frames_decoded = sum('framesDecoded');
+            out.freezes = sum('freezeCount');
+            out.freeze_ms = Math.round(sum('totalFreezesDuration') * 1000);
+            out.packets_received = sum('packetsReceived');
+            out.packets_lost = sum('packetsLost');
+            out.nacks = sum('nackCount');
+            out.keyframes = sum('keyFramesDecoded');
+            if (cur.frameWidth) {
+              out.received_width = cur.frameWidth;
+              out.received_height = cur.frameHeight ?? null;
+              out.received_layer = sdk.layerForResolution(pub.layers, cur.frameWidth, cur.frameHeight);
+            }
+          }
         }
         if (pub.kind === 'audio' && out.audio_samples === undefined) {
           out.audio_kbps = (t?.bitrate ?? 0) / 1000;
+          out.audio_samples = 0;
+          out.audio_concealed = 0;
           (await pub.receiver.getStats()).forEach((s) => {
             if (s.type !== 'inbound-rtp') return;
-            out.audio_samples = s.totalSamplesReceived ?? 0;
-            out.audio_concealed = s.concealedSamples ?? 0;
+            out.audio_samples += s.totalSamplesReceived ?? 0;
+            out.audio_concealed += s.concealedSamples ?? 0;
           });
         }
       }

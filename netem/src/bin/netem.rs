@@ -176,6 +176,11 @@ fn run(path: &str, out: Option<PathBuf>, short: bool) -> Result<(), AnyError> {
     std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     let out = std::fs::canonicalize(&out)?;
     let (browser_client, workspace) = source_paths();
+    // Browser samples of an earlier run into the same directory must not
+    // be merged into this one.
+    for n in scenario.nodes() {
+        let _ = std::fs::remove_file(out.join(format!("browser-{}.jsonl", n.name)));
+    }
     let nodes = scenario.nodes();
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     let stop = signals::install();

@@ -139,6 +139,9 @@ pub struct BrowserMetrics {
     pub packets_lost: Option<u64>,
     pub nacks: Option<u64>,
     pub keyframes: Option<u64>,
+    /// inbound-rtp entries (SSRCs) the video receiver has seen; the
+    /// counters above are their sums.
+    pub video_ssrcs: Option<u32>,
     pub rtt_ms: Option<f64>,
     /// The server's bandwidth estimate for this subscriber.
     pub server_estimate_kbps: Option<f64>,
