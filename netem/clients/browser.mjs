@@ -6,11 +6,12 @@
 // to $NETEM_OUT/browser-$NETEM_NODE.jsonl, which `netem run` merges into
 // the timeline's `browser` objects.
 //
-//   node browser.mjs [--port 8080] [--room netem] [--relay] [--width 1280 --height 720] [--no-simulcast]
+//   node browser.mjs [--port 8080] [--room netem] [--relay [--relay-transport udp|tcp]]
+//                    [--width 1280 --height 720] [--no-simulcast]
 //
 // --relay forces iceTransportPolicy "relay" on the page's connections (the
 // SDK has no such option; the page's RTCPeerConnection is wrapped before the
-// SDK loads). Runs until netem stops it (SIGTERM). Needs playwright-core
+// SDK loads); --relay-transport keeps only the TURN URLs of that transport. Runs until netem stops it (SIGTERM). Needs playwright-core
 // from tests/browser (npm ci there) and Chromium ($CHROMIUM or /usr/bin/chromium).
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -84,9 +85,17 @@ page.on('console', (m) => {
 });
 page.on('pageerror', (e) => log(`pageerror ${e.message}`));
 if (flag('relay')) {
-  await page.addInitScript(() => {
+  await page.addInitScript((transport) => {
     const Native = window.RTCPeerConnection;
-    const relay = (c) => ({ ...(c ?? {}), iceTransportPolicy: 'relay' });
+    // Only TURN URLs of the wanted transport (udp or tcp), if one is given.
+    const keep = (u) => !transport || (u.startsWith('turn') && u.includes(`transport=${transport}`));
+    const relay = (c) => ({
+      ...(c ?? {}),
+      iceTransportPolicy: 'relay',
+      iceServers: (c?.iceServers ?? [])
+        .map((s) => ({ ...s, urls: [].concat(s.urls ?? []).filter(keep) }))
+        .filter((s) => s.urls.length),
+    });
     class RelayOnly extends Native {
       constructor(c, ...rest) {
         super(relay(c), ...rest);
@@ -96,7 +105,7 @@ if (flag('relay')) {
       }
     }
     window.RTCPeerConnection = RelayOnly;
-  });
+  }, opt('relay-transport', ''));
 }
 
 // The server starts next to us: poll its health endpoint with a deadline.

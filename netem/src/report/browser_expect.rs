@@ -11,7 +11,7 @@
 //! | `max_layer_switch_s` | time from `from_s` until the received resolution drops below the one at `from_s` |
 //! | `max_loss_pct_after_switch` | as `max_video_loss_pct`, from that drop to `to_s` |
 //! | `max_top_layer_s` | time from `from_s` until the received width is back at the largest seen before `from_s` |
-//! | `min_received_width` | smallest received width in the window (a sample without video counts as 0) |
+//! | `min_received_width` | smallest received width in the window (a gap without video between two samples with video counts as 0) |
 //! | `max_audio_concealed_pct` | concealed ÷ received audio samples over the window (and some must arrive) |
 //! | `max_sent_layer` | highest simulcast layer (`q` < `h` < `f`) the client sent in the window |
 //! | `candidate` | the last selected local candidate of each connection in the window matches: `relay`, `tcp` (also TLS) or `type/transport` such as `relay/tcp` |
@@ -89,11 +89,19 @@ pub fn check(key: &str, value: Option<&toml::Value>, series: &NodeSeries, from_s
             }
         }),
         "min_received_width" => need_num().and_then(|min| {
-            let w = window
+            // Between the window's first and last sample with video: a gap
+            // inside counts as 0, the browser's start and stop do not.
+            let has = |s: &&&Sample| s.browser.received_width.is_some();
+            let first = window
+                .iter()
+                .position(|s| has(&s))
+                .ok_or("no browser samples with video in the window")?;
+            let last = window.iter().rposition(|s| has(&s)).unwrap_or(first);
+            let w = window[first..=last]
                 .iter()
                 .map(|s| s.browser.received_width.unwrap_or(0))
                 .min()
-                .ok_or("no samples in the window")?;
+                .unwrap_or(0);
             Ok((w as f64 >= min, format!("smallest width {w}")))
         }),
         "max_audio_concealed_pct" => need_num().and_then(|max| {
@@ -249,6 +257,18 @@ mod tests {
         assert!(ok && text.starts_with("1.00% (6 of 600"), "{text}");
         assert!(!run("max_video_loss_pct", 0.5.into(), &s, 3.0, 5.0).unwrap().0);
         assert!(!run("min_received_width", 1280.into(), &s, 0.0, 10.0).unwrap().0);
+        assert!(run("min_received_width", 1280.into(), &s, 8.0, 10.0).unwrap().0);
+        // Before the first and after the last video sample: not a gap; inside: one.
+        let mut gap = s.clone();
+        gap.samples[0].browser.received_width = None;
+        gap.samples[40].browser.received_width = None;
+        assert!(run("min_received_width", 1280.into(), &gap, 0.0, 2.0).unwrap().0);
+        assert!(run("min_received_width", 1280.into(), &gap, 8.0, 10.0).unwrap().0);
+        gap.samples[38].browser.received_width = None;
+        assert_eq!(
+            run("min_received_width", 1.into(), &gap, 8.0, 10.0).unwrap().1,
+            "smallest width 0"
+        );
     }
 
     #[test]
