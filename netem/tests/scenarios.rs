@@ -90,6 +90,11 @@ fn scenario(name: &str) {
         .arg("--out")
         .arg(&out)
         .env("RTC_SERVER", rtc_server())
+        // The server's per-allocation info lines would drown the summary.
+        .env(
+            "RUST_LOG",
+            std::env::var("NETEM_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("HOME", std::env::temp_dir())
         .status()
         .expect("start netem");

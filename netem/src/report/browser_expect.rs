@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `max_freeze_ms`, `max_freezes` | rise of `totalFreezesDuration` (ms) / `freezeCount` of the received video over the window |
 //! | `min_frames_decoded` | rise of `framesDecoded` over the window |
+//! | `min_nacks`, `min_keyframes` | rise of `nackCount` (NACKs the client sent) / `keyFramesDecoded` over the window |
 //! | `max_video_loss_pct` | received video packets lost ÷ (lost + received) over the window (after NACK) |
 //! | `max_layer_switch_s` | time from `from_s` until the received resolution drops below the one at `from_s` |
 //! | `max_loss_pct_after_switch` | as `max_video_loss_pct`, from that drop to `to_s` |
@@ -51,20 +52,33 @@ pub fn check(key: &str, value: Option<&toml::Value>, series: &NodeSeries, from_s
             let d = rise(&window, |m| m.frames_decoded)?;
             Ok((d as f64 >= min, format!("{d} frames decoded")))
         }),
+        "min_nacks" => need_num().and_then(|min| {
+            let d = rise(&window, |m| m.nacks)?;
+            Ok((d as f64 >= min, format!("{d} NACKs sent")))
+        }),
+        "min_keyframes" => need_num().and_then(|min| {
+            let d = rise(&window, |m| m.keyframes)?;
+            Ok((d as f64 >= min, format!("{d} keyframes decoded")))
+        }),
         "max_video_loss_pct" => need_num().and_then(|max| {
             let (pct, text) = video_loss(&window)?;
             Ok((pct <= max, text))
         }),
-        "max_layer_switch_s" => need_num().and_then(|max| {
-            let (at, text) = layer_drop(series, from_s, to_s)?;
-            let after = at - from_s;
-            Ok((after <= max + EPS, format!("{text} after {after:.2} s")))
+        // Video at from_s that never drops is measured, and fails.
+        "max_layer_switch_s" => need_num().and_then(|max| match layer_drop(series, from_s, to_s)? {
+            Ok((at, text)) => {
+                let after = at - from_s;
+                Ok((after <= max + EPS, format!("{text} after {after:.2} s")))
+            }
+            Err(none) => Ok((false, none)),
         }),
-        "max_loss_pct_after_switch" => need_num().and_then(|max| {
-            let (at, text) = layer_drop(series, from_s, to_s)?;
-            let w: Vec<&Sample> = window.iter().copied().filter(|s| s.t_s >= at - EPS).collect();
-            let (pct, loss) = video_loss(&w)?;
-            Ok((pct <= max, format!("{loss} from {at:.2} s ({text})")))
+        "max_loss_pct_after_switch" => need_num().and_then(|max| match layer_drop(series, from_s, to_s)? {
+            Ok((at, text)) => {
+                let w: Vec<&Sample> = window.iter().copied().filter(|s| s.t_s >= at - EPS).collect();
+                let (pct, loss) = video_loss(&w)?;
+                Ok((pct <= max, format!("{loss} from {at:.2} s ({text})")))
+            }
+            Err(none) => Ok((false, none)),
         }),
         "max_top_layer_s" => need_num().and_then(|max| {
             let top = series
@@ -158,8 +172,12 @@ fn video_loss(window: &[&Sample]) -> Result<(f64, String), String> {
     Ok((pct, format!("{pct:.2}% ({lost} of {} packets)", lost + got)))
 }
 
-/// When the received width first falls below the width at `from_s`.
-fn layer_drop(series: &NodeSeries, from_s: f64, to_s: f64) -> Result<(f64, String), String> {
+/// When the received width first falls below the width at `from_s`:
+/// `Err` if there was no video at `from_s` (nothing to measure), `Ok(Err)`
+/// if there was and it never dropped in the window.
+type Drop = Result<(f64, String), String>;
+
+fn layer_drop(series: &NodeSeries, from_s: f64, to_s: f64) -> Result<Drop, String> {
     let before = series
         .samples
         .iter()
@@ -172,7 +190,7 @@ fn layer_drop(series: &NodeSeries, from_s: f64, to_s: f64) -> Result<(f64, Strin
         .iter()
         .filter(|s| s.t_s > from_s + EPS && s.t_s <= to_s + EPS)
         .find(|s| s.browser.received_width.is_some_and(|w| w < before.0));
-    match drop {
+    Ok(match drop {
         Some(s) => Ok((
             s.t_s,
             format!(
@@ -184,7 +202,7 @@ fn layer_drop(series: &NodeSeries, from_s: f64, to_s: f64) -> Result<(f64, Strin
             ),
         )),
         None => Err(format!("no switch below width {} in the window", before.0)),
-    }
+    })
 }
 
 fn rank(layer: &str) -> Option<u8> {
@@ -247,7 +265,10 @@ mod tests {
         assert!(ok, "{text}");
         assert_eq!(text, "1280→640 (f→h) after 0.50 s");
         assert!(!run("max_layer_switch_s", 0.25.into(), &s, 3.0, 10.0).unwrap().0);
-        assert!(run("max_layer_switch_s", 2.into(), &s, 8.0, 10.0).is_err());
+        // On the top layer at 8 s and never lower after: measured, failed.
+        let (ok, text) = run("max_layer_switch_s", 2.into(), &s, 8.0, 10.0).unwrap();
+        assert!(!ok);
+        assert_eq!(text, "no switch below width 1280 in the window");
         let (ok, text) = run("max_top_layer_s", 2.into(), &s, 6.5, 10.0).unwrap();
         assert!(ok && text.contains("after 1.50 s"), "{text}");
         assert!(!run("max_top_layer_s", 1.into(), &s, 6.5, 10.0).unwrap().0);
@@ -288,6 +309,7 @@ mod tests {
         assert!(run("max_freeze_ms", 0.into(), &s, 6.0, 10.0).unwrap().0);
         assert!(run("min_frames_decoded", 280.into(), &s, 0.0, 10.0).unwrap().0);
         assert!(!run("min_frames_decoded", 281.into(), &s, 0.0, 10.0).unwrap().0);
+        assert!(run("min_nacks", 1.into(), &s, 0.0, 10.0).is_err());
         let (ok, text) = run("max_audio_concealed_pct", 10.into(), &s, 0.0, 10.0).unwrap();
         assert!(ok && text.starts_with("10.0%"), "{text}");
         assert!(run("max_sent_layer", "h".into(), &s, 5.0, 10.0).unwrap().0);

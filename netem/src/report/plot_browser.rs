@@ -1,7 +1,8 @@
 //! Browser values in a panel of [`super::plot`]: the server's bandwidth
 //! estimate as a line, and above the plot area two bands, one for the
 //! simulcast layer the client receives and one for the highest it sends,
-//! coloured per layer (red where the received video froze), with a label
+//! coloured per layer (red where a freeze of the received video ended:
+//! `totalFreezesDuration` only grows then), with a label
 //! at every change of the received layer or resolution.
 
 use std::fmt::Write;
