@@ -25,9 +25,9 @@
 //! ```
 //!
 //! `publish` and `subscribe` are passed to the commands as environment
-//! variables for the browser scenarios. `[[expect]]` tables are checked
-//! after the run by [`crate::report::expect`] (those needing a browser
-//! client are listed as not evaluated).
+//! variables (the browser client reads them). `[[expect]]` tables are
+//! checked after the run by [`crate::report::expect`]; `short_scale` gives
+//! the short version (`netem run --short`).
 
 use std::time::Duration;
 
