@@ -25,9 +25,9 @@
 //! ```
 //!
 //! `publish` and `subscribe` are passed to the commands as environment
-//! variables for the browser scenarios. `[[expect]]` tables are checked
-//! after the run by [`crate::report::expect`] (those needing a browser
-//! client are listed as not evaluated).
+//! variables (the browser client reads them). `[[expect]]` tables are
+//! checked after the run by [`crate::report::expect`]; `short_scale` gives
+//! the short version (`netem run --short`).
 
 use std::time::Duration;
 
@@ -78,6 +78,8 @@ pub struct NodeSpec {
     pub command: Option<String>,
     pub up: Option<LinkSpec>,
     pub down: Option<LinkSpec>,
+    /// Applied to both directions (before `up`/`down`).
+    pub both: Option<LinkSpec>,
     #[serde(default)]
     pub schedule: Vec<Step>,
     #[serde(default)]
@@ -99,6 +101,9 @@ pub struct Scenario {
     /// Expectations, see [`crate::report::expect`].
     #[serde(default)]
     pub expect: Vec<toml::Table>,
+    /// `netem run --short` multiplies the duration, the schedule times and
+    /// the expectation windows by this (thresholds stay as they are).
+    pub short_scale: Option<f64>,
 }
 
 fn default_seed() -> u64 {
@@ -124,6 +129,31 @@ impl Scenario {
         }
         s.server.name = "server".into();
         Ok(s)
+    }
+
+    /// The short version (`short_scale`; unchanged without one).
+    pub fn short(mut self) -> Result<Self, ScenarioError> {
+        let Some(f) = self.short_scale else { return Ok(self) };
+        if !f.is_finite() || f <= 0.0 {
+            return Err(ScenarioError::Empty);
+        }
+        self.duration_s *= f;
+        for node in std::iter::once(&mut self.server).chain(&mut self.clients) {
+            for step in &mut node.schedule {
+                step.at_s *= f;
+            }
+        }
+        for e in &mut self.expect {
+            for key in ["from_s", "to_s"] {
+                let v = match e.get(key) {
+                    Some(toml::Value::Float(x)) => *x,
+                    Some(toml::Value::Integer(i)) => *i as f64,
+                    _ => continue,
+                };
+                e.insert(key.into(), toml::Value::Float(v * f));
+            }
+        }
+        Ok(self)
     }
 
     pub fn duration(&self) -> Duration {
@@ -155,6 +185,10 @@ impl NodeSpec {
         if let Some(name) = &self.profile {
             let p = profile::named(name).ok_or_else(|| SpecError::UnknownProfile(name.clone()))?;
             (up, down) = (p.up, p.down);
+        }
+        if let Some(b) = &self.both {
+            up = b.over(&up);
+            down = b.over(&down);
         }
         if let Some(o) = &self.up {
             up = o.over(&up);
@@ -196,6 +230,7 @@ mod tests {
     const EXAMPLE: &str = r#"
         duration_s = 40
         seed = 7
+        short_scale = 0.5
         [[clients]]
         name = "alice"
         profile = "4g"
@@ -211,6 +246,7 @@ mod tests {
         name = "bob"
         [[expect]]
         kind = "later"
+        from_s = 4
     "#;
 
     #[test]
@@ -225,6 +261,10 @@ mod tests {
         assert_eq!(alice.down_schedule.steps().len(), 2);
         assert_eq!(alice.down_schedule.steps()[0].1.rate_bps, Some(Some(500_000)));
         assert_eq!(cfg[2].down, Default::default());
+        let short = s.short().expect("valid scale");
+        assert_eq!(short.duration_s, 20.0);
+        assert_eq!(short.clients[0].schedule[1].at_s, 15.0);
+        assert_eq!(short.expect[0]["from_s"].as_float(), Some(2.0));
     }
 
     #[test]

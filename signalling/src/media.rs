@@ -121,6 +121,12 @@ pub enum MediaEvent {
         room: String,
         updates: Vec<QualityInfo>,
     },
+    /// The SFU's downlink bandwidth estimate for the participant's
+    /// subscriber connection (bits per second), at most every 250 ms.
+    Estimate {
+        participant: ParticipantRef,
+        bitrate: u64,
+    },
     /// Dynacast: the simulcast layers of the publisher's `track_sid` that
     /// some subscriber needs, lowest first; the publisher may stop encoding
     /// the others. Empty = nobody needs any (every layer may stop).

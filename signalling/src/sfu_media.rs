@@ -29,6 +29,7 @@
 //! muted there when it does.
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sfu::participant::Role;
@@ -40,6 +41,9 @@ use crate::media::{
     IceCandidate, MediaError, MediaEvent, MediaPlane, ParticipantRef, SpeakerInfo, Target, TrackSettings,
 };
 use crate::model::{Quality, Track, VideoLayer};
+
+/// Subscribers hear of their bandwidth estimate at most this often.
+const ESTIMATE_EVERY: Duration = Duration::from_millis(250);
 
 /// The media plane backed by [`Sfu`]. Cheap to share; the adapter task
 /// ends when the last clone is dropped and the SFU's event stream closes.
@@ -62,6 +66,7 @@ impl SfuMedia {
             by_sfu_track: HashMap::new(),
             unclaimed: HashMap::new(),
             subs: HashMap::new(),
+            estimates_sent: HashMap::new(),
         };
         tokio::spawn(adapter.run(ops_rx, events));
         SfuMedia { ops }
@@ -295,6 +300,9 @@ struct Adapter {
     unclaimed: HashMap<ParticipantId, Vec<Unclaimed>>,
     /// By subscriber, then track sid.
     subs: HashMap<ParticipantRef, HashMap<String, Sub>>,
+    /// When each subscriber was last told its bandwidth estimate: str0m
+    /// updates it with every feedback, far more often than anyone reads it.
+    estimates_sent: HashMap<ParticipantId, Instant>,
 }
 
 impl Adapter {
@@ -666,6 +674,7 @@ impl Adapter {
     /// new publisher offer (or subscription) sets everything up again.
     fn forget_session(&mut self, id: ParticipantId) -> Option<ParticipantRef> {
         let p = self.by_id.remove(&id)?;
+        self.estimates_sent.remove(&id);
         self.members.remove(&p);
         self.unclaimed.remove(&id);
         for (sid, e) in self.tracks.iter_mut() {
@@ -768,8 +777,22 @@ impl Adapter {
                     tracing::debug!("media event channel full; speaker update dropped");
                 }
             }
-            // Could feed connection quality later.
-            SfuEvent::Estimate { .. } => {}
+            SfuEvent::Estimate { participant, bitrate } => {
+                let now = Instant::now();
+                let due = self
+                    .estimates_sent
+                    .get(&participant)
+                    .is_none_or(|at| now.duration_since(*at) >= ESTIMATE_EVERY);
+                let Some(p) = self.by_id.get(&participant).filter(|_| due).cloned() else {
+                    return;
+                };
+                self.estimates_sent.insert(participant, now);
+                // The next one supersedes it: droppable under pressure.
+                let _ = self.out.try_send(MediaEvent::Estimate {
+                    participant: p,
+                    bitrate,
+                });
+            }
             // Already relayed by the SFU to the room's data channels;
             // signalling's data messages travel over WebSocket instead.
             SfuEvent::Data { .. } => {}

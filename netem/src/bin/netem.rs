@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{Parser, Subcommand};
 use netem::profile;
 use netem::report::timeline::{Recorder, Timeline, INTERVAL};
-use netem::report::{expect, plot};
+use netem::report::{browser, expect, plot};
 use netem::router::{LinkConfig, Report, Router};
 use netem::scenario::Scenario;
 use netem::spec::{build_link, LinkSpec};
@@ -53,6 +53,9 @@ enum Cmd {
         /// Output directory (default: netem-out/<scenario-name>-<unix time>/).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The scenario's short version: its times scaled by `short_scale`.
+        #[arg(long)]
+        short: bool,
     },
     /// Remove leftover rig namespaces of runs that are no longer alive.
     Down {
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Up { clients, profile, seed } => up(clients, profile.as_deref(), seed),
-        Cmd::Run { scenario, out } => run(&scenario, out),
+        Cmd::Run { scenario, out, short } => run(&scenario, out, short),
         Cmd::Down { all } => down(all),
         Cmd::Profiles => {
             profiles();
@@ -147,9 +150,23 @@ fn default_out_dir(name: &str) -> PathBuf {
     PathBuf::from("netem-out").join(format!("{}-{unix}", if slug.is_empty() { "scenario" } else { slug }))
 }
 
-fn run(path: &str, out: Option<PathBuf>) -> Result<(), AnyError> {
+/// Where the scenario commands find the browser client and the workspace
+/// (`$NETEM_BROWSER_CLIENT`, `$NETEM_WORKSPACE`), unless already set.
+fn source_paths() -> (PathBuf, PathBuf) {
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let client =
+        std::env::var_os("NETEM_BROWSER_CLIENT").map_or_else(|| crate_dir.join("clients/browser.mjs"), PathBuf::from);
+    let workspace = std::env::var_os("NETEM_WORKSPACE").map_or_else(
+        || crate_dir.parent().map_or(crate_dir.clone(), Path::to_path_buf),
+        PathBuf::from,
+    );
+    (client, workspace)
+}
+
+fn run(path: &str, out: Option<PathBuf>, short: bool) -> Result<(), AnyError> {
     topology::preflight()?;
     let scenario = Scenario::load(path)?;
+    let scenario = if short { scenario.short()? } else { scenario };
     let configs = scenario.link_configs()?;
     let file_stem = Path::new(path)
         .file_stem()
@@ -157,13 +174,24 @@ fn run(path: &str, out: Option<PathBuf>) -> Result<(), AnyError> {
     let timeline = Timeline::for_scenario(&scenario, &file_stem);
     let out = out.unwrap_or_else(|| default_out_dir(&timeline.scenario));
     std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let out = std::fs::canonicalize(&out)?;
+    let (browser_client, workspace) = source_paths();
+    // Browser samples of an earlier run into the same directory must not
+    // be merged into this one.
+    for n in scenario.nodes() {
+        let _ = std::fs::remove_file(out.join(format!("browser-{}.jsonl", n.name)));
+    }
     let nodes = scenario.nodes();
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     let stop = signals::install();
     let (topo, tuns) = Topology::build(&names)?;
     let mut router = Router::new(&topo, tuns, configs, scenario.seed)?;
     // Schedules count from the router's creation: t = 0 of the timeline.
-    let mut recorder = Recorder::new(timeline, Instant::now());
+    let t0 = Instant::now();
+    let t0_unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut recorder = Recorder::new(timeline, t0);
     recorder.record(&router.report());
     let router_stop = AtomicBool::new(false);
     let server_addr = topo.nodes()[0].addr;
@@ -188,6 +216,10 @@ fn run(path: &str, out: Option<PathBuf>) -> Result<(), AnyError> {
                 .env("NETEM_SERVER_ADDR", server_addr.to_string())
                 .env("NETEM_PUBLISH", spec.publish.join(","))
                 .env("NETEM_SUBSCRIBE", spec.subscribe.join(","))
+                .env("NETEM_OUT", &out)
+                .env("NETEM_T0_MS", t0_unix_ms.to_string())
+                .env("NETEM_BROWSER_CLIENT", &browser_client)
+                .env("NETEM_WORKSPACE", &workspace)
                 .process_group(0)
                 .spawn();
             match child {
@@ -218,7 +250,8 @@ fn run(path: &str, out: Option<PathBuf>) -> Result<(), AnyError> {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        for (name, child) in &mut children {
+        // Clients first: a server stopping under them shows up as errors.
+        for (name, child) in children.iter_mut().rev() {
             stop_child(name, child);
         }
         router_stop.store(true, Ordering::SeqCst);
@@ -231,7 +264,17 @@ fn run(path: &str, out: Option<PathBuf>) -> Result<(), AnyError> {
     })?;
     print_report(&report);
 
-    let timeline = recorder.finish();
+    let mut timeline = recorder.finish();
+    for (node, lines, bad) in browser::merge_dir(&mut timeline, &out) {
+        println!(
+            "{node}: {lines} browser samples{}",
+            if bad > 0 {
+                format!(" ({bad} malformed lines)")
+            } else {
+                String::new()
+            }
+        );
+    }
     let write = |name: &str, text: &str| -> Result<(), AnyError> {
         let p = out.join(name);
         std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()).into())

@@ -2,19 +2,21 @@
 //! for the server if its link has a schedule) with the bitrate in and out
 //! of both directions over time, a dashed vertical line and a label at
 //! every schedule change of that node, axes with ticks and units, and a
-//! legend.
+//! legend; browser values (the server's estimate, received and sent
+//! layers, freezes) are drawn by [`super::plot_browser`].
 
 use std::fmt::Write;
 
+use super::plot_browser::{self, BANDS};
 use super::timeline::{Sample, Timeline};
 
 const WIDTH: f64 = 1000.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const HEADER: f64 = 60.0;
-const PANEL: f64 = 240.0;
+const HEADER: f64 = 80.0;
+const PANEL: f64 = 270.0;
 /// Inside a panel: title above, tick labels below the plot area.
-const PANEL_TOP: f64 = 30.0;
+const PANEL_TOP: f64 = 34.0 + BANDS;
 const PANEL_BOTTOM: f64 = 45.0;
 
 struct Line {
@@ -136,6 +138,7 @@ pub fn svg(t: &Timeline) -> String {
         r##"<line x1="{lx}" y1="34" x2="{lx}" y2="46" stroke="#555" stroke-dasharray="4 3"/><text x="{}" y="44">schedule change</text>"##,
         lx + 6.0
     );
+    plot_browser::legend(&mut o, LEFT, 64.0);
 
     if panels.is_empty() {
         let _ = writeln!(o, r#"<text x="{LEFT}" y="{}">no samples</text>"#, HEADER + 30.0);
@@ -148,7 +151,7 @@ pub fn svg(t: &Timeline) -> String {
         let y_data_max = node
             .samples
             .iter()
-            .flat_map(|s| LINES.iter().map(move |l| (l.value)(s)))
+            .flat_map(|s| LINES.iter().map(move |l| (l.value)(s)).chain(plot_browser::estimate(s)))
             .filter(|v| v.is_finite())
             .fold(0.0, f64::max);
         let y_step = nice_step(y_data_max.max(1.0), 5.0);
@@ -159,7 +162,7 @@ pub fn svg(t: &Timeline) -> String {
         let _ = writeln!(
             o,
             r#"<text x="{LEFT}" y="{}" font-size="13" font-weight="bold">{}</text>"#,
-            top - 10.0,
+            top - BANDS - 8.0,
             esc(&node.name)
         );
         // Grid, ticks and tick labels.
@@ -224,6 +227,7 @@ pub fn svg(t: &Timeline) -> String {
                 );
             }
         }
+        plot_browser::overlay(&mut o, node, &x_of, &y_of, top);
         // Schedule changes of this node.
         for (n, c) in t.changes.iter().filter(|c| c.node == node.name).enumerate() {
             let px = x_of(c.at_s);
@@ -384,6 +388,31 @@ mod tests {
         assert_eq!(s.matches(r#"class="change""#).count(), t.changes.len());
         t.nodes.clear();
         well_formed(&svg(&t)).unwrap();
+    }
+
+    #[test]
+    fn browser_layers_estimate_and_freezes_are_drawn() {
+        let mut t = timeline();
+        for (i, s) in t.nodes[1].samples.iter_mut().enumerate() {
+            let low = (8..16).contains(&i);
+            s.browser.received_layer = Some(if low { "q" } else { "f" }.into());
+            s.browser.received_width = Some(if low { 320 } else { 1280 });
+            s.browser.received_height = Some(if low { 180 } else { 720 });
+            s.browser.freeze_ms = Some(if i >= 9 { 400 } else { 0 });
+            s.browser.server_estimate_kbps = Some(if low { 150.0 } else { 2000.0 });
+        }
+        let s = svg(&t);
+        well_formed(&s).unwrap();
+        // One band cell per interval of the client that has browser data.
+        assert_eq!(s.matches(r#"class="recv-layer""#).count(), 28);
+        assert_eq!(s.matches(r#"class="sent-layer""#).count(), 0);
+        // f, then q at 2 s, then f again at 4 s.
+        assert_eq!(s.matches(r#"class="layer-label""#).count(), 3);
+        assert!(s.contains("q 320×180") && s.contains("f 1280×720"));
+        assert_eq!(s.matches(r#"class="estimate""#).count(), 1);
+        // The freeze (9th interval) is red.
+        assert_eq!(s.matches(r##"class="recv-layer" "##).count(), 28);
+        assert!(s.contains(r##"fill="#d62728"/>"##));
     }
 
     #[test]

@@ -115,9 +115,13 @@ impl DirSample {
     }
 }
 
-/// What a browser client reports (getStats) and the server's view of it.
-/// All `None` until browser clients exist.
+/// What a browser client (netem/clients/browser.mjs) reports from the
+/// SDK's and the browser's getStats(), and the server's view of it. All
+/// `None` for nodes without a browser and before its first sample. Video
+/// and audio fields describe the first remote camera and microphone the
+/// client receives; counters are cumulative.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BrowserMetrics {
     pub sent_kbps: Option<f64>,
     pub received_kbps: Option<f64>,
@@ -126,11 +130,31 @@ pub struct BrowserMetrics {
     pub received_width: Option<u32>,
     pub received_height: Option<u32>,
     pub frames_decoded: Option<u64>,
+    /// inbound-rtp `freezeCount` and `totalFreezesDuration` (ms).
     pub freezes: Option<u64>,
+    pub freeze_ms: Option<u64>,
+    /// Received video, since the previous sample.
     pub packet_loss_pct: Option<f64>,
+    pub packets_received: Option<u64>,
+    pub packets_lost: Option<u64>,
+    pub nacks: Option<u64>,
+    pub keyframes: Option<u64>,
+    /// inbound-rtp entries (SSRCs) the video receiver has seen; the
+    /// counters above are their sums.
+    pub video_ssrcs: Option<u32>,
     pub rtt_ms: Option<f64>,
     /// The server's bandwidth estimate for this subscriber.
     pub server_estimate_kbps: Option<f64>,
+    /// Received audio: `totalSamplesReceived`, `concealedSamples`.
+    pub audio_samples: Option<u64>,
+    pub audio_concealed: Option<u64>,
+    /// Own video: the highest simulcast layer being sent, and how many are.
+    pub sent_layer: Option<String>,
+    pub sent_layers: Option<u32>,
+    /// Selected candidate pair's local side, "type/transport" (e.g.
+    /// "relay/tcp": a relay candidate reached over TCP), per connection.
+    pub pub_candidate: Option<String>,
+    pub sub_candidate: Option<String>,
 }
 
 impl Timeline {

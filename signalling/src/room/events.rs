@@ -129,6 +129,16 @@ impl RoomService {
                     }
                 }
             }
+            MediaEvent::Estimate { participant, bitrate } => {
+                let live = self.live();
+                let conn = live
+                    .get(&participant.room)
+                    .and_then(|lr| lr.sessions.values().find(|s| s.sid == participant.sid))
+                    .and_then(|s| s.conn.as_ref());
+                if let Some(conn) = conn {
+                    conn.send(ServerMessage::BandwidthEstimate { bitrate });
+                }
+            }
             MediaEvent::Quality { room, updates } => {
                 let live = self.live();
                 if let Some(lr) = live.get(&room) {

@@ -141,11 +141,26 @@ async fn media_events_reach_sessions() {
             }],
         })
         .await;
+    rooms
+        .handle_media_event(MediaEvent::Estimate {
+            participant: me.clone(),
+            bitrate: 1_250_000,
+        })
+        .await;
     let mut kinds = vec![];
+    let mut last = serde_json::Value::Null;
     while let Ok(m) = j.events.try_recv() {
-        kinds.push(serde_json::to_value(&m).unwrap()["type"].as_str().unwrap().to_string());
+        last = serde_json::to_value(&m).unwrap();
+        kinds.push(last["type"].as_str().unwrap().to_string());
     }
-    assert_eq!(kinds, ["participant_updated", "offer", "speakers"]);
+    assert_eq!(
+        kinds,
+        ["participant_updated", "offer", "speakers", "bandwidth_estimate"]
+    );
+    assert_eq!(
+        last,
+        serde_json::json!({"type": "bandwidth_estimate", "bitrate": 1_250_000})
+    );
 }
 
 #[tokio::test]

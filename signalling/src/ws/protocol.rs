@@ -191,6 +191,10 @@ pub enum ServerMessage {
     ConnectionQuality {
         updates: Vec<QualityInfo>,
     },
+    /// To a subscriber: the server's downlink bandwidth estimate for it.
+    BandwidthEstimate {
+        bitrate: u64,
+    },
     /// Dynacast, to a track's publisher: the simulcast layers some
     /// subscriber needs (lowest first); the others may stop. Empty = none.
     LayersWanted {

@@ -256,6 +256,8 @@ export interface RoomEvents {
    * reports changes, e.g. to show that nobody watches.
    */
   layersWanted: (publication: LocalTrackPublication, qualities: Quality[]) => void;
+  /** The server's downlink bandwidth estimate for our subscriber connection (bit/s), at most every 250 ms. */
+  bandwidthEstimate: (bitrate: number) => void;
   dataReceived: (payload: Uint8Array, participant: RemoteParticipant | undefined, info: DataInfo) => void;
   /** The signalling connection dropped or ICE failed; the SDK is restoring the session. */
   reconnecting: (reason: string) => void;
@@ -281,6 +283,7 @@ export declare const RoomEvent: {
   readonly ConnectionQualityChanged: "connectionQualityChanged";
   readonly PermissionsChanged: "permissionsChanged";
   readonly LayersWanted: "layersWanted";
+  readonly BandwidthEstimate: "bandwidthEstimate";
   readonly DataReceived: "dataReceived";
   readonly Reconnecting: "reconnecting";
   readonly Reconnected: "reconnected";
@@ -307,6 +310,8 @@ export declare class Room extends EventEmitter<RoomEvents> {
   /** Remote participants by identity. */
   readonly participants: Map<string, RemoteParticipant>;
   readonly activeSpeakers: Participant[];
+  /** The server's last `bandwidth_estimate` (bit/s); null until one arrived. */
+  readonly bandwidthEstimate: number | null;
   getParticipantBySid(sid: string): Participant | undefined;
   /** Sends bytes (or a string as UTF-8) to the others, base64 in the protocol's `payload`. */
   sendData(payload: Uint8Array | ArrayBuffer | ArrayBufferView | string, options?: DataOptions): Promise<void>;

@@ -107,6 +107,7 @@ export const RoomEvent = Object.freeze({
   ConnectionQualityChanged: "connectionQualityChanged",
   PermissionsChanged: "permissionsChanged",
   LayersWanted: "layersWanted",
+  BandwidthEstimate: "bandwidthEstimate",
   DataReceived: "dataReceived",
   Reconnecting: "reconnecting",
   Reconnected: "reconnected",
@@ -873,6 +874,8 @@ export class Room extends EventEmitter {
     this.participants = new Map();
     /** @type {Participant[]} loudest first */
     this.activeSpeakers = [];
+    /** @type {number|null} the server's downlink estimate for our subscriber connection, bit/s */
+    this.bandwidthEstimate = null;
     this._signal = null;
     this._pub = null;
     this._sub = null;
@@ -1766,6 +1769,12 @@ export class Room extends EventEmitter {
             p.connectionQuality = u.quality;
             this.emit(RoomEvent.ConnectionQualityChanged, u.quality, p);
           }
+        }
+        break;
+      case "bandwidth_estimate":
+        if (Number.isFinite(m.bitrate)) {
+          this.bandwidthEstimate = m.bitrate;
+          this.emit(RoomEvent.BandwidthEstimate, m.bitrate);
         }
         break;
       case "layers_wanted": {
