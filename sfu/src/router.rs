@@ -28,6 +28,8 @@ use crate::simulcast::{allowed_max_layer, KeyframeRequester, LayerInfo, Preferen
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
 use crate::Error;
 
+mod publication;
+
 /// Identifies a participant across the whole SFU (assigned by the handle).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParticipantId(pub u64);
@@ -62,6 +64,12 @@ pub enum SfuEvent {
         rids: Vec<Rid>,
         /// The msid track id of the m-line (the client's track cid).
         msid_track: String,
+    },
+    /// A publisher's renegotiation withdrew a track (its m-line stopped or
+    /// no longer sends): forwarding stopped and subscribers' m-lines are
+    /// stopped, as after [`Router::unpublish`], which does not report this.
+    TrackUnpublished {
+        track: TrackId,
     },
     /// The first packet of a track arrived.
     TrackMediaStarted {
@@ -1015,36 +1023,11 @@ impl Router {
                 rids,
                 track_id,
             } => {
-                if role != Role::Publisher || !direction.is_receiving() {
-                    return;
+                if role == Role::Publisher && direction.is_receiving() {
+                    self.publish_track(TrackId { publisher: owner, mid }, kind, rids, track_id);
                 }
-                let track = TrackId { publisher: owner, mid };
-                self.tracks.entry(track).or_insert_with(|| Track {
-                    kind,
-                    rids: rids.clone(),
-                    dims: [(0, 0); MAX_LAYERS],
-                    subscribers: Vec::new(),
-                    params: Vec::new(),
-                    keyframes: KeyframeRequester::new(),
-                    started: false,
-                    muted: false,
-                    layer_bytes: [0; MAX_LAYERS],
-                    layer_bps: [None; MAX_LAYERS],
-                    last_bps: [None; MAX_LAYERS],
-                    window_start: None,
-                    // Publishers start with every layer on.
-                    announced: ((1u16 << rids.len().min(MAX_LAYERS)) - 1) as u8,
-                    unwanted_since: [None; MAX_LAYERS],
-                    resumed_at: [None; MAX_LAYERS],
-                    msid: None,
-                });
-                self.events.push_back(SfuEvent::TrackPublished {
-                    track,
-                    kind,
-                    rids,
-                    msid_track: track_id,
-                });
             }
+            PeerEvent::MediaChanged { mid, direction } => self.on_media_changed(now, peer, owner, role, mid, direction),
             PeerEvent::KeyframeRequest { mid, kind, .. } => {
                 let Some(d) = self.participants.get(&owner).and_then(|p| p.downs.get(&mid)) else {
                     return;
