@@ -142,6 +142,11 @@ struct Participant {
     pending_adds: Vec<TrackId>,
     /// Subscriber mids to stop in the next offer.
     pending_stops: Vec<Mid>,
+    /// The subscriber connection's first m-line, which carries the BUNDLE
+    /// transport: it is made inactive, never stopped, when its track goes
+    /// (Chrome tears the transport down, DTLS included, when the tagged
+    /// m-line of a BUNDLE group is stopped).
+    bundle_tag: Option<Mid>,
     /// Data channels open on the publisher connection, by label.
     channels: HashMap<String, ChannelId>,
     /// The SFU relays this participant's messages to the whole room.
@@ -426,6 +431,7 @@ impl Router {
                 downs: HashMap::new(),
                 pending_adds: Vec::new(),
                 pending_stops: Vec::new(),
+                bundle_tag: None,
                 channels: HashMap::new(),
                 relay_data: true,
                 estimate: None,
@@ -802,6 +808,7 @@ impl Router {
         let stops = std::mem::take(&mut p.pending_stops);
         let mut added = Vec::new();
         let tracks = &self.tracks;
+        let tag = p.bundle_tag;
         let result = slot.peer.guard(|rtc| {
             let mut change = rtc.sdp_api();
             for t in &adds {
@@ -814,7 +821,11 @@ impl Router {
                 added.push((mid, *t));
             }
             for mid in &stops {
-                change.stop_media(*mid);
+                if Some(*mid) == tag {
+                    change.set_direction(*mid, Direction::Inactive);
+                } else {
+                    change.stop_media(*mid);
+                }
             }
             change.apply()
         });
@@ -825,6 +836,9 @@ impl Router {
             return Ok(());
         };
         slot.peer.pending_offer = Some(pending);
+        if p.bundle_tag.is_none() {
+            p.bundle_tag = added.first().map(|(mid, _)| *mid);
+        }
         for (mid, source) in added {
             let Some(track) = self.tracks.get(&source) else {
                 continue;
@@ -1052,6 +1066,7 @@ impl Router {
                 role,
             }),
             PeerEvent::Closed { panicked } => {
+                tracing::debug!(participant = %owner, ?role, panicked, "peer closed; participant removed");
                 self.events.push_back(SfuEvent::Disconnected {
                     participant: owner,
                     panicked,

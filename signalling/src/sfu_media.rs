@@ -389,7 +389,10 @@ impl Adapter {
                     self.push_settings(&sub, &track_sid).await;
                 }
             }
-            Op::Remove { p } => self.remove(&p),
+            Op::Remove { p } => {
+                tracing::debug!(sid = %p.sid, "participant removed from the SFU");
+                self.remove(&p)
+            }
             Op::Stop { .. } => {}
         }
     }

@@ -97,15 +97,23 @@ await main(async (browser) => {
   for (const [name, page] of [['ann', ann], ['ben', ben]]) {
     out.pages[name] = await page.evaluate(async () => {
       const room = window.rtcDemo.room;
-      const lines = (pc) => (pc?.remoteDescription?.sdp ?? '').split(/\r?\n/).filter((l) => l.startsWith('m='));
+      // Each m-line with its direction attribute.
+      const lines = (sdp) => {
+        const out = [];
+        for (const l of (sdp ?? '').split(/\r?\n/)) {
+          if (l.startsWith('m=')) out.push({ m: l, dir: null });
+          else if (out.length && /^a=(sendonly|recvonly|sendrecv|inactive)$/.test(l)) out[out.length - 1].dir = l.slice(2);
+        }
+        return out;
+      };
       return {
         error: window.rtcDemo.error,
         state: window.rtcDemo.state,
         events: (window.rtcDemo.events ?? []).map(String).slice(-30),
         pubState: room._pub?.connectionState ?? null,
         subState: room._sub?.connectionState ?? null,
-        subMLines: lines(room._sub),
-        pubMLines: (room._pub?.localDescription?.sdp ?? '').split(/\r?\n/).filter((l) => l.startsWith('m=')),
+        subMLines: lines(room._sub?.remoteDescription?.sdp),
+        pubMLines: lines(room._pub?.localDescription?.sdp),
         sent: await (async () => {
           const list = [];
           for (const t of room._pub?.getTransceivers() ?? []) {
