@@ -47,7 +47,10 @@ export async function launch(kind = cfg.browser ?? 'chromium') {
  * Firefox with fake capture devices, no permission prompt, and ICE on
  * loopback: the test's namespace has only `lo`, which Firefox skips by
  * default, and host candidates must be plain addresses (mDNS names do not
- * resolve there).
+ * resolve there). Camera and microphone are also granted as permissions:
+ * without a granted permission Firefox gathers only the default route's
+ * address, and a namespace with only `lo` has no default route, so it would
+ * gather no candidate at all ("failed to find default addresses").
  */
 async function launchFirefox() {
   return puppeteer.launch({
@@ -59,6 +62,8 @@ async function launchFirefox() {
       'media.navigator.permission.disabled': true,
       'media.peerconnection.ice.loopback': true,
       'media.peerconnection.ice.obfuscate_host_addresses': false,
+      'permissions.default.camera': 1,
+      'permissions.default.microphone': 1,
       'media.autoplay.default': 0,
       'media.autoplay.blocking_policy': 0,
     },
