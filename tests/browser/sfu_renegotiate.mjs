@@ -32,11 +32,33 @@ await main(async (browser) => {
   await openDemo(ben, { room: cfg.room, identity: 'ben', name: 'Ben', camera: 0, mic: 0 });
   const out = { publisher, subscriber, steps: {} };
 
+  // Ben's microphone counters summed over every sample from the first to
+  // the last: Firefox restarts a receiver's counters when a renegotiation
+  // touches its connection, so one reading at each end would not do.
+  out.audio = { received: 0, concealed: 0, packets: 0, restarts: 0 };
+  let lastMic = null;
+  const sampleBen = async () => {
+    const cur = await inbound(ben);
+    const mic = cur['ann/microphone'];
+    if (mic?.bound && mic.totalSamplesReceived !== undefined) {
+      if (lastMic) {
+        const restarted = mic.totalSamplesReceived < lastMic.totalSamplesReceived;
+        if (restarted) out.audio.restarts += 1;
+        const base = restarted ? { totalSamplesReceived: 0, concealedSamples: 0, packetsReceived: 0 } : lastMic;
+        out.audio.received += mic.totalSamplesReceived - base.totalSamplesReceived;
+        out.audio.concealed += Math.max(0, mic.concealedSamples - base.concealedSamples);
+        out.audio.packets += Math.max(0, mic.packetsReceived - base.packetsReceived);
+      }
+      lastMic = mic;
+    }
+    return cur;
+  };
+
   /** Samples ben's inbound stats until `done({before, after})`. */
   const watch = async (what, done) => {
-    let prev = await inbound(ben);
+    let prev = await sampleBen();
     return pollUntil(what, async () => {
-      const cur = await inbound(ben);
+      const cur = await sampleBen();
       const s = { before: prev, after: cur };
       prev = cur;
       return s;
@@ -109,7 +131,7 @@ await main(async (browser) => {
       return {
         error: window.rtcDemo.error,
         state: window.rtcDemo.state,
-        events: (window.rtcDemo.events ?? []).map(String).slice(-30),
+        events: (window.rtcDemo.events ?? []).map((e) => (typeof e === "string" ? e : e?.name ?? e?.type ?? String(e))).slice(-30),
         pubState: room._pub?.connectionState ?? null,
         subState: room._sub?.connectionState ?? null,
         subMLines: lines(room._sub?.remoteDescription?.sdp),
