@@ -636,7 +636,7 @@ fn screen_share_reaches_subscribers() {
     assert!(v["errors"][0].is_null() && v["errors"][1].is_null(), "{v:#}");
 }
 
-/// Tests 9 to 11: renegotiation mid-call (sfu_renegotiate.mjs), with
+/// Tests 9 to 12: renegotiation mid-call (sfu_renegotiate.mjs), with
 /// `publisher` and `subscriber` in Chromium or Firefox. Ann's camera
 /// (simulcast, VP8) is withdrawn and published again twice: through the
 /// SDK, and by turning its transceiver `inactive` behind the SDK's back,
@@ -752,4 +752,20 @@ fn chromium_publishes_to_firefox_with_renegotiation() {
         return;
     }
     renegotiation("reneg-chromium-to-ff", "chromium", "firefox");
+}
+
+/// Firefox on both ends: its publisher renegotiates, its subscriber follows.
+/// Ignored: flaky (passed 1 of 2 runs). In the failing run, after the first
+/// re-publish ben's downlink estimate was ~120 kbit/s, the allocator paused
+/// the new camera (its lowest layer measured ~137 kbit/s) and dynacast told
+/// ann to stop every layer, and the camera never came back within 30 s: an
+/// adaptation problem (estimate and probing with a Firefox subscriber after
+/// renegotiation), not a signalling one. Run with `--ignored`.
+#[test]
+#[ignore = "flaky: Firefox subscriber's estimate collapses after re-publish, see the doc comment"]
+fn firefox_renegotiation_keeps_other_tracks() {
+    if !firefox_prerequisites() {
+        return;
+    }
+    renegotiation("reneg-ff", "firefox", "firefox");
 }
