@@ -694,8 +694,12 @@ fn renegotiation(tag: &str, publisher: &str, subscriber: &str) {
     );
     assert!(total >= 48_000, "ben received under a second of audio: {v:#}");
     assert!(u64_at(&v, "/audio/packets") > 0, "{v:#}");
+    // Measured 1 to 5 % on a loaded two-core machine (Opus DTX and CPU
+    // starvation conceal some); an audio stream broken by a renegotiation
+    // conceals nearly everything (96 % in a run where a renegotiation tore
+    // the transport down).
     assert!(
-        concealed * 10 < total,
+        concealed * 5 < total,
         "ben's audio glitched: {concealed} of {total} samples concealed: {v:#}"
     );
     for page in ["ann", "ben"] {
