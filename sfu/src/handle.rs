@@ -8,6 +8,7 @@
 //! in the low byte, so routing a command needs no shared table.
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use relay::io::reuseport;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::participant::{PeerConfig, Role};
 use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, RouterConfig, SfuEvent, TrackId};
 use crate::shard::{shard_main, Command, ShardInit};
+use crate::tcp_limits::{ConnCap, TcpLimits, TcpStats};
 use crate::Error;
 
 /// Socket buffer size asked for; the kernel caps it at `rmem_max`.
@@ -32,6 +34,8 @@ pub struct SfuConfig {
     /// for clients whose network blocks UDP); `None` = UDP only. Its IP is
     /// advertised like `listen`'s (`advertise_ip` when set); port 0 picks one.
     pub tcp_listen: Option<SocketAddr>,
+    /// The cap on concurrent ICE-TCP connections and their idle timeout.
+    pub tcp_limits: TcpLimits,
     /// The IP clients reach us at, put in the host candidate. Needed when
     /// `listen` is a wildcard or behind NAT.
     pub advertise_ip: Option<IpAddr>,
@@ -46,6 +50,7 @@ impl Default for SfuConfig {
         SfuConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tcp_listen: None,
+            tcp_limits: TcpLimits::default(),
             advertise_ip: None,
             shards: 1,
             initial_estimate_bps: 1_000_000,
@@ -60,6 +65,7 @@ pub struct Sfu {
     next_id: AtomicU64,
     local: SocketAddr,
     tcp_local: Option<SocketAddr>,
+    tcp_cap: Arc<ConnCap>,
 }
 
 impl Sfu {
@@ -110,6 +116,7 @@ impl Sfu {
             senders.push(tx);
             receivers.push(rx);
         }
+        let tcp_cap = ConnCap::new(cfg.tcp_limits.max_connections);
         let mut threads = Vec::new();
         for (index, (socket, commands)) in sockets.into_iter().zip(receivers).enumerate() {
             let router = Router::new(RouterConfig {
@@ -126,6 +133,8 @@ impl Sfu {
                 socket,
                 local,
                 tcp: tcp_listeners.next().zip(tcp_local),
+                tcp_cap: tcp_cap.clone(),
+                tcp_idle_timeout: cfg.tcp_limits.idle_timeout,
                 commands,
                 peers: senders.clone(),
                 events: ev_tx.clone(),
@@ -142,6 +151,7 @@ impl Sfu {
                 next_id: AtomicU64::new(1),
                 local,
                 tcp_local,
+                tcp_cap,
             },
             ev_rx,
         ))
@@ -156,6 +166,11 @@ impl Sfu {
     /// when TCP is on.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_local
+    }
+
+    /// ICE-TCP connections open, refused at the cap and closed for idling.
+    pub fn tcp_stats(&self) -> TcpStats {
+        self.tcp_cap.stats()
     }
 
     fn shard_of_room(&self, room: &str) -> usize {

@@ -111,9 +111,11 @@ pub mod participant;
 pub mod router;
 pub mod shard;
 pub mod tcp;
+pub mod tcp_limits;
 
 pub use handle::{Sfu, SfuConfig};
 pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};
+pub use tcp_limits::{TcpLimits, TcpStats};
 
 pub mod allocator;
 pub mod answer_order;

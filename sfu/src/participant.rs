@@ -16,7 +16,7 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::ChannelId;
 use str0m::crypto::CryptoProvider;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
@@ -53,6 +53,13 @@ pub enum PeerEvent {
         rids: Vec<Rid>,
         /// The msid track id, which signalling matches to a track's cid.
         track_id: String,
+    },
+    /// A later offer changed an m-line's direction (publisher side: the
+    /// client stopped or resumed sending on it; a stopped m-line, port 0,
+    /// is `Inactive`).
+    MediaChanged {
+        mid: Mid,
+        direction: Direction,
     },
     /// A received RTP packet with the m-line (and layer) it belongs to.
     Rtp {
@@ -301,6 +308,17 @@ impl Peer {
                     track_id,
                 }
             }
+            Event::MediaChanged(m) => {
+                if !m.direction.is_receiving() {
+                    // Its SSRCs may come back under another m-line (a
+                    // recycled slot): look them up afresh then.
+                    self.rx_streams.retain(|_, (mid, _)| *mid != m.mid);
+                }
+                PeerEvent::MediaChanged {
+                    mid: m.mid,
+                    direction: m.direction,
+                }
+            }
             Event::RtpPacket(packet) => {
                 let ssrc = packet.header.ssrc;
                 let (mid, rid) = match self.rx_streams.get(&ssrc) {
@@ -344,6 +362,20 @@ impl Peer {
             _ => return,
         };
         events.push_back(out);
+    }
+
+    /// What a publisher's m-line carries, as its last offer described it:
+    /// kind, simulcast rids (in the offer's order) and msid track id.
+    pub fn media_info(&mut self, mid: Mid) -> Option<(MediaKind, Vec<Rid>, String)> {
+        self.guard(|rtc| {
+            let m = rtc.media(mid)?;
+            let rids = match m.rids_rx() {
+                Rids::Specific(r) => r.clone(),
+                _ => Vec::new(),
+            };
+            Some((m.kind(), rids, m.track_id().to_string()))
+        })
+        .flatten()
     }
 
     /// Accepts a client offer (publisher connection, or a client-initiated

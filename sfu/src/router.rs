@@ -32,6 +32,8 @@ use crate::speaker::{SpeakerConfig, SpeakerDetector};
 use crate::temporal::{layer_rates, temporal_cap, TemporalFilter, TemporalStats, TOP};
 use crate::Error;
 
+mod publication;
+
 /// Identifies a participant across the whole SFU (assigned by the handle).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParticipantId(pub u64);
@@ -66,6 +68,12 @@ pub enum SfuEvent {
         rids: Vec<Rid>,
         /// The msid track id of the m-line (the client's track cid).
         msid_track: String,
+    },
+    /// A publisher's renegotiation withdrew a track (its m-line stopped or
+    /// no longer sends): forwarding stopped and subscribers' m-lines are
+    /// stopped, as after [`Router::unpublish`], which does not report this.
+    TrackUnpublished {
+        track: TrackId,
     },
     /// The first packet of a track arrived.
     TrackMediaStarted {
@@ -141,6 +149,11 @@ struct Participant {
     pending_limits: Vec<(TrackId, Limits)>,
     /// Subscriber mids to stop in the next offer.
     pending_stops: Vec<Mid>,
+    /// The subscriber connection's first m-line, which carries the BUNDLE
+    /// transport: it is made inactive, never stopped, when its track goes
+    /// (Chrome tears the transport down, DTLS included, when the tagged
+    /// m-line of a BUNDLE group is stopped).
+    bundle_tag: Option<Mid>,
     /// Data channels open on the publisher connection, by label.
     channels: HashMap<String, ChannelId>,
     /// The SFU relays this participant's messages to the whole room.
@@ -432,6 +445,7 @@ impl Router {
                 pending_adds: Vec::new(),
                 pending_limits: Vec::new(),
                 pending_stops: Vec::new(),
+                bundle_tag: None,
                 channels: HashMap::new(),
                 relay_data: true,
                 estimate: None,
@@ -816,6 +830,7 @@ impl Router {
         let stops = std::mem::take(&mut p.pending_stops);
         let mut added = Vec::new();
         let tracks = &self.tracks;
+        let tag = p.bundle_tag;
         let result = slot.peer.guard(|rtc| {
             let mut change = rtc.sdp_api();
             for t in &adds {
@@ -828,7 +843,11 @@ impl Router {
                 added.push((mid, *t));
             }
             for mid in &stops {
-                change.stop_media(*mid);
+                if Some(*mid) == tag {
+                    change.set_direction(*mid, Direction::Inactive);
+                } else {
+                    change.stop_media(*mid);
+                }
             }
             change.apply()
         });
@@ -839,6 +858,9 @@ impl Router {
             return Ok(());
         };
         slot.peer.pending_offer = Some(pending);
+        if p.bundle_tag.is_none() {
+            p.bundle_tag = added.first().map(|(mid, _)| *mid);
+        }
         for (mid, source) in added {
             let Some(track) = self.tracks.get(&source) else {
                 continue;
@@ -1043,37 +1065,11 @@ impl Router {
                 rids,
                 track_id,
             } => {
-                if role != Role::Publisher || !direction.is_receiving() {
-                    return;
+                if role == Role::Publisher && direction.is_receiving() {
+                    self.publish_track(TrackId { publisher: owner, mid }, kind, rids, track_id);
                 }
-                let track = TrackId { publisher: owner, mid };
-                self.tracks.entry(track).or_insert_with(|| Track {
-                    kind,
-                    rids: rids.clone(),
-                    dims: [(0, 0); MAX_LAYERS],
-                    subscribers: Vec::new(),
-                    params: Vec::new(),
-                    keyframes: KeyframeRequester::new(),
-                    started: false,
-                    muted: false,
-                    layer_bytes: [0; MAX_LAYERS],
-                    layer_bps: [None; MAX_LAYERS],
-                    last_bps: [None; MAX_LAYERS],
-                    window_start: None,
-                    // Publishers start with every layer on.
-                    announced: ((1u16 << rids.len().min(MAX_LAYERS)) - 1) as u8,
-                    unwanted_since: [None; MAX_LAYERS],
-                    resumed_at: [None; MAX_LAYERS],
-                    msid: None,
-                    temporal: TemporalStats::default(),
-                });
-                self.events.push_back(SfuEvent::TrackPublished {
-                    track,
-                    kind,
-                    rids,
-                    msid_track: track_id,
-                });
             }
+            PeerEvent::MediaChanged { mid, direction } => self.on_media_changed(now, peer, owner, role, mid, direction),
             PeerEvent::KeyframeRequest { mid, kind, .. } => {
                 let Some(d) = self.participants.get(&owner).and_then(|p| p.downs.get(&mid)) else {
                     return;
@@ -1098,6 +1094,7 @@ impl Router {
                 role,
             }),
             PeerEvent::Closed { panicked } => {
+                tracing::debug!(participant = %owner, ?role, panicked, "peer closed; participant removed");
                 self.events.push_back(SfuEvent::Disconnected {
                     participant: owner,
                     panicked,

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use str0m::media::Rid;
@@ -26,6 +26,11 @@ use crate::mux::Route;
 use crate::participant::Role;
 use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, SfuEvent, TrackId};
 use crate::tcp::{accept_loop, frames, TcpConns, TcpIn, INBOX};
+use crate::tcp_limits::{ConnCap, ConnPermit};
+
+/// How often a shard looks for idle ICE-TCP connections (at most; a
+/// shorter idle timeout is checked at its own period).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 use crate::Error;
 
 /// Largest datagram (or GRO train) one receive slot holds.
@@ -140,6 +145,7 @@ pub enum Command {
         stream: std::net::TcpStream,
         remote: SocketAddr,
         buffered: Vec<u8>,
+        permit: ConnPermit,
     },
     Stop,
 }
@@ -154,6 +160,10 @@ pub struct ShardInit {
     /// This shard's share of the ICE-TCP port and the address str0m knows
     /// it by (the advertised TCP candidate).
     pub tcp: Option<(std::net::TcpListener, SocketAddr)>,
+    /// The connection cap every shard's acceptor shares, and the idle
+    /// timeout of this shard's connections.
+    pub tcp_cap: Arc<ConnCap>,
+    pub tcp_idle_timeout: Duration,
     pub commands: mpsc::UnboundedReceiver<Command>,
     /// Every shard's queue (this one's included), for handovers.
     pub peers: Vec<mpsc::UnboundedSender<Command>>,
@@ -175,6 +185,8 @@ async fn run(init: ShardInit) -> io::Result<()> {
         socket,
         local,
         tcp: tcp_init,
+        tcp_cap,
+        tcp_idle_timeout,
         mut commands,
         peers,
         events,
@@ -185,16 +197,22 @@ async fn run(init: ShardInit) -> io::Result<()> {
     let mut tx = TxBatch::new();
     let dropped = Cell::new(0u64);
     let (inbox_tx, mut inbox) = mpsc::channel(INBOX);
-    let mut tcp = TcpConns::new(inbox_tx);
+    let mut tcp = TcpConns::new(inbox_tx, tcp_idle_timeout);
     let mut tcp_local = None;
     if let Some((listener, addr)) = tcp_init {
         let listener = TcpListener::from_std(listener)?;
-        tokio::spawn(accept_loop(listener, Arc::from(peers.clone())));
+        tokio::spawn(accept_loop(listener, Arc::from(peers.clone()), tcp_cap));
         tcp_local = Some(addr);
     }
+    // Idle connections are looked for at a fraction of the timeout.
+    let mut next_idle_check = Instant::now() + IDLE_CHECK.min(tcp_idle_timeout);
+    let mut idle = Vec::new();
     loop {
         let now = Instant::now();
-        let deadline = router.poll_timeout(now);
+        let mut deadline = router.poll_timeout(now);
+        if !tcp.is_empty() {
+            deadline = deadline.min(next_idle_check);
+        }
         tokio::select! {
             r = sock.readable() => {
                 r?;
@@ -233,8 +251,8 @@ async fn run(init: ShardInit) -> io::Result<()> {
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { return Ok(()) };
                 let now = Instant::now();
-                if let Command::TcpConn { stream, remote, buffered } = cmd {
-                    if let Err(e) = tcp.adopt(stream, remote, buffered) {
+                if let Command::TcpConn { stream, remote, buffered, permit } = cmd {
+                    if let Err(e) = tcp.adopt(now, stream, remote, buffered, permit) {
                         tracing::debug!(%remote, error = %e, "ICE-TCP connection not adopted");
                     }
                 } else if !handle_command(&mut router, now, cmd, &mut sink(&mut tx, &mut tcp)) {
@@ -246,8 +264,13 @@ async fn run(init: ShardInit) -> io::Result<()> {
                 match msg {
                     TcpIn::Frames { id, remote, data } => {
                         if let (Some(local), true) = (tcp_local, tcp.is_current(id, remote)) {
+                            let mut valid = false;
                             for frame in frames(&data) {
-                                router.handle_tcp_frame(now, remote, local, frame, &mut sink(&mut tx, &mut tcp));
+                                let route = router.handle_tcp_frame(now, remote, local, frame, &mut sink(&mut tx, &mut tcp));
+                                valid |= matches!(route, Route::Local { .. });
+                            }
+                            if valid {
+                                tcp.touch(id, remote, now);
                             }
                         }
                         tcp.recycle(id, remote, data);
@@ -262,7 +285,18 @@ async fn run(init: ShardInit) -> io::Result<()> {
             // Only armed while bytes wait, so an idle shard never polls it.
             _ = tcp.writable(), if tcp.has_pending() => {}
             _ = tokio::time::sleep_until(deadline.into()) => {
-                router.handle_timeout(Instant::now(), &mut sink(&mut tx, &mut tcp));
+                let now = Instant::now();
+                router.handle_timeout(now, &mut sink(&mut tx, &mut tcp));
+                if now >= next_idle_check {
+                    next_idle_check = now + IDLE_CHECK.min(tcp_idle_timeout);
+                    tcp.expire(now, &mut idle);
+                    if let Some(local) = tcp_local {
+                        for remote in idle.drain(..) {
+                            router.tcp_closed(remote, local);
+                        }
+                    }
+                    idle.clear();
+                }
             }
         }
         tx.flush(&state, &sock, &dropped);

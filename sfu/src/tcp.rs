@@ -23,15 +23,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 use crate::mux::{shard_of_ufrag, stun_server_ufrag};
 use crate::shard::Command;
+use crate::tcp_limits::{ConnCap, ConnPermit};
 
 /// Largest frame: the length prefix is 16 bits.
 pub const MAX_FRAME: usize = u16::MAX as usize;
@@ -100,7 +102,8 @@ pub enum TcpIn {
 
 /// Accepts on one shard's share of the TCP port, forever. Each connection
 /// is identified in a task of its own, so a slow client delays nobody.
-pub async fn accept_loop(listener: TcpListener, shards: Arc<[mpsc::UnboundedSender<Command>]>) {
+/// Beyond `cap`'s limit a connection is closed at once.
+pub async fn accept_loop(listener: TcpListener, shards: Arc<[mpsc::UnboundedSender<Command>]>, cap: Arc<ConnCap>) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(c) => c,
@@ -110,6 +113,11 @@ pub async fn accept_loop(listener: TcpListener, shards: Arc<[mpsc::UnboundedSend
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(permit) = cap.try_acquire() else {
+            tracing::debug!(%remote, "ICE-TCP connection refused: too many open");
+            drop(stream);
+            continue;
         };
         let shards = shards.clone();
         tokio::spawn(async move {
@@ -136,6 +144,7 @@ pub async fn accept_loop(listener: TcpListener, shards: Arc<[mpsc::UnboundedSend
                         stream,
                         remote,
                         buffered,
+                        permit,
                     });
                 }
                 Err(e) => tracing::debug!(%remote, error = %e, "ICE-TCP handover failed"),
@@ -199,6 +208,9 @@ async fn read_conn(
 
 struct Conn {
     id: u64,
+    /// When the mux last routed a frame of it to a live peer (or when it
+    /// was adopted).
+    last_valid: Instant,
     writer: OwnedWriteHalf,
     /// Framed packets not yet written.
     out: Vec<u8>,
@@ -206,6 +218,17 @@ struct Conn {
     broken: bool,
     /// Returns the reader's chunk buffers.
     recycle: mpsc::UnboundedSender<Vec<u8>>,
+    /// Ends the reader task, which holds the socket's read half: the socket
+    /// closes once both halves are gone.
+    reader: AbortHandle,
+    /// Its place under the connection cap, freed with it.
+    permit: ConnPermit,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// One shard's ICE-TCP connections, by remote address (what str0m names
@@ -216,44 +239,90 @@ pub struct TcpConns {
     pending: Vec<SocketAddr>,
     next_id: u64,
     inbox: mpsc::Sender<TcpIn>,
+    /// See [`crate::tcp_limits::TcpLimits::idle_timeout`].
+    idle_timeout: Duration,
     /// Packets dropped: unknown destination or full queue.
     pub dropped: u64,
 }
 
 impl TcpConns {
-    pub fn new(inbox: mpsc::Sender<TcpIn>) -> Self {
+    pub fn new(inbox: mpsc::Sender<TcpIn>, idle_timeout: Duration) -> Self {
         TcpConns {
             conns: HashMap::new(),
             pending: Vec::new(),
             next_id: 0,
             inbox,
+            idle_timeout,
             dropped: 0,
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The connection `id` from `remote` carried a frame the mux routed to
+    /// a live peer at `now`.
+    pub fn touch(&mut self, id: u64, remote: SocketAddr, now: Instant) {
+        if let Some(c) = self.conns.get_mut(&remote).filter(|c| c.id == id) {
+            c.last_valid = now;
+        }
+    }
+
+    /// Closes every connection idle for the timeout at `now` and appends
+    /// their remote addresses to `closed` (the router forgets their tuples).
+    /// Control rate: the shard calls it on a slow tick.
+    pub fn expire(&mut self, now: Instant, closed: &mut Vec<SocketAddr>) {
+        let timeout = self.idle_timeout;
+        self.conns.retain(|remote, c| {
+            let keep = now.saturating_duration_since(c.last_valid) < timeout;
+            if !keep {
+                tracing::debug!(%remote, "ICE-TCP connection closed: idle");
+                c.permit.cap().count_idle_close();
+                closed.push(*remote);
+            }
+            keep
+        });
+        self.pending.retain(|r| self.conns.contains_key(r));
     }
 
     /// Takes over a connection the acceptor handed to this shard: the
     /// writer stays here, a reader task starts with what was read already.
     /// Must run inside the shard's runtime.
-    pub fn adopt(&mut self, stream: std::net::TcpStream, remote: SocketAddr, buffered: Vec<u8>) -> io::Result<()> {
+    pub fn adopt(
+        &mut self,
+        now: Instant,
+        stream: std::net::TcpStream,
+        remote: SocketAddr,
+        buffered: Vec<u8>,
+        permit: ConnPermit,
+    ) -> io::Result<u64> {
         let stream = TcpStream::from_std(stream)?;
         let (rd, writer) = stream.into_split();
         self.next_id += 1;
         let id = self.next_id;
         let (recycle, pool) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_conn(id, remote, rd, buffered, self.inbox.clone(), pool)).abort_handle();
         // A previous connection from the same address is over (the kernel
-        // would not reuse the port otherwise); its reader reports that.
+        // would not reuse the port otherwise); replacing it ends its reader.
         self.conns.insert(
             remote,
             Conn {
                 id,
+                last_valid: now,
                 writer,
                 out: Vec::new(),
                 broken: false,
                 recycle,
+                reader,
+                permit,
             },
         );
-        tokio::spawn(read_conn(id, remote, rd, buffered, self.inbox.clone(), pool));
-        Ok(())
+        Ok(id)
     }
 
     /// Whether `id` is the live connection from `remote`.
@@ -360,6 +429,83 @@ impl TcpConns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tcp_limits::ConnCap;
+
+    /// A loopback connection: (client end, server end as the acceptor hands
+    /// it over, the client's address).
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, remote) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, server, remote)
+    }
+
+    /// Whether the client end sees the server close within 10 s (EOF or
+    /// reset), while the runtime runs (an aborted reader lets go of the
+    /// socket there).
+    async fn closed_by_server(client: &std::net::TcpStream) -> bool {
+        use std::io::Read;
+        client.set_nonblocking(true).unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 16];
+        while Instant::now() < end {
+            match (&*client).read(&mut buf) {
+                Ok(0) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return true,
+                Ok(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    #[test]
+    fn idle_connections_close_at_the_timeout_and_free_their_permit() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (inbox, _rx) = mpsc::channel(INBOX);
+            let mut conns = TcpConns::new(inbox, Duration::from_secs(30));
+            let cap = ConnCap::new(8);
+            let t0 = Instant::now();
+            let (quiet, server, remote_q) = pair();
+            conns
+                .adopt(t0, server, remote_q, Vec::new(), cap.try_acquire().unwrap())
+                .unwrap();
+            let (busy, server, remote_b) = pair();
+            let id_b = conns
+                .adopt(t0, server, remote_b, Vec::new(), cap.try_acquire().unwrap())
+                .unwrap();
+            assert_eq!(cap.stats().open, 2);
+
+            let mut closed = Vec::new();
+            conns.expire(t0 + Duration::from_secs(29), &mut closed);
+            assert!(closed.is_empty(), "nothing is idle before the timeout");
+            // A routed frame keeps a connection alive.
+            conns.touch(id_b, remote_b, t0 + Duration::from_secs(20));
+            // A frame of another connection from another address does not.
+            conns.touch(id_b + 100, remote_q, t0 + Duration::from_secs(20));
+            conns.expire(t0 + Duration::from_secs(30), &mut closed);
+            assert_eq!(closed, vec![remote_q]);
+            assert_eq!(conns.len(), 1);
+            assert!(closed_by_server(&quiet).await, "the idle connection is closed");
+            assert_eq!(cap.stats().open, 1, "its place under the cap is free");
+            assert_eq!(cap.stats().idle_closed, 1);
+
+            closed.clear();
+            conns.expire(t0 + Duration::from_secs(49), &mut closed);
+            assert!(closed.is_empty(), "touched at 20 s: idle only from 50 s");
+            conns.expire(t0 + Duration::from_secs(50), &mut closed);
+            assert_eq!(closed, vec![remote_b]);
+            assert!(closed_by_server(&busy).await);
+            assert_eq!(cap.stats().open, 0);
+            assert!(conns.is_empty());
+        });
+    }
 
     #[test]
     fn framing_round_trips_and_waits_for_whole_frames() {

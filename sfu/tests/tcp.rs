@@ -291,3 +291,143 @@ fn a_tcp_only_publisher_reaches_a_udp_subscriber() {
     sfu.remove_participant(alice);
     sfu.shutdown();
 }
+
+/// Whether the SFU closes `stream` within `max` (EOF or reset), reading
+/// and discarding whatever arrives before.
+fn closed_by_sfu(stream: &mut TcpStream, max: Duration) -> bool {
+    let end = Instant::now() + max;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < end {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn poll_until(max: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + max;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+#[test]
+fn connections_beyond_the_cap_are_refused_and_counted() {
+    let (sfu, _events) = Sfu::start(SfuConfig {
+        shards: 2,
+        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tcp_limits: sfu::TcpLimits {
+            max_connections: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let addr = sfu.tcp_addr().unwrap();
+    let connect = || {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
+    };
+    // Two silent connections wait for their first check (up to 10 s).
+    let mut first = connect();
+    let mut second = connect();
+    assert!(poll_until(Duration::from_secs(10), || sfu.tcp_stats().open == 2));
+    let mut third = connect();
+    assert!(
+        closed_by_sfu(&mut third, Duration::from_secs(10)),
+        "a third connection is closed at once"
+    );
+    assert_eq!(sfu.tcp_stats().refused, 1);
+    assert_eq!(sfu.tcp_stats().open, 2);
+    // The first two are still open.
+    assert!(!closed_by_sfu(&mut first, Duration::from_millis(100)));
+    assert!(!closed_by_sfu(&mut second, Duration::from_millis(100)));
+    // Closing one frees its place.
+    drop(first);
+    assert!(poll_until(Duration::from_secs(10), || sfu.tcp_stats().open == 1));
+    let mut fourth = connect();
+    assert!(poll_until(Duration::from_secs(10), || sfu.tcp_stats().open == 2));
+    assert!(!closed_by_sfu(&mut fourth, Duration::from_millis(100)));
+    assert_eq!(sfu.tcp_stats().refused, 1);
+    sfu.shutdown();
+}
+
+#[test]
+fn a_silent_tcp_connection_is_closed_after_the_idle_timeout() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (sfu, mut events) = Sfu::start(SfuConfig {
+        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tcp_limits: sfu::TcpLimits {
+            idle_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let tcp_addr = sfu.tcp_addr().unwrap();
+    let alice = rt.block_on(sfu.create_participant("idle")).unwrap().id;
+    let mut a = Client::tcp(tcp_addr);
+    let mut api = a.rtc.sdp_api();
+    let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let answer = rt.block_on(sfu.offer(alice, offer.to_sdp_string())).unwrap();
+    a.rtc
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    assert!(pump_until(&mut [&mut a], Duration::from_secs(10), |c| c[0].connected));
+    assert!(next_event(&mut events, |e| matches!(e, SfuEvent::Connected { .. })).is_some());
+    assert_eq!(sfu.tcp_stats().open, 1);
+    // While the client sends media, the connection stays: more than two
+    // timeouts of it (the client's pump panics if the SFU closes).
+    let pt = a
+        .rtc
+        .codec_config()
+        .find(|p| p.spec().codec == Codec::Opus)
+        .unwrap()
+        .pt();
+    let mut seq = 0u64;
+    let mut last = Instant::now();
+    let stay = Instant::now() + Duration::from_millis(1500);
+    pump_until(&mut [&mut a], Duration::from_secs(5), |c| {
+        if last.elapsed() >= Duration::from_millis(20) {
+            last = Instant::now();
+            seq += 1;
+            let mut api = c[0].rtc.direct_api();
+            let s = api.stream_tx_by_mid(mid, None).unwrap();
+            s.write_rtp(RtpWrite::new(
+                pt,
+                seq.into(),
+                960 * seq as u32,
+                Instant::now(),
+                vec![1, 2, 3],
+            ));
+        }
+        Instant::now() >= stay
+    });
+    assert!(seq > 10, "the client sent media");
+    assert_eq!(sfu.tcp_stats().idle_closed, 0, "a talking connection is kept");
+    // The client goes silent (gone without a FIN): closed.
+    let Transport::Tcp(stream, _) = &mut a.net else {
+        unreachable!()
+    };
+    assert!(
+        closed_by_sfu(stream, Duration::from_secs(10)),
+        "the silent connection is closed"
+    );
+    assert_eq!(sfu.tcp_stats().idle_closed, 1);
+    assert!(poll_until(Duration::from_secs(5), || sfu.tcp_stats().open == 0));
+    sfu.shutdown();
+}

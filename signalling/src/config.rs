@@ -106,6 +106,8 @@ pub struct ServerConfig {
     /// The SFU's ICE-TCP port (passive TCP candidates, for clients whose
     /// network blocks UDP), on the same host; 0 = any, `None` = off.
     pub media_tcp_port: Option<u16>,
+    /// ICE-TCP connections open at once; more are refused (and counted).
+    pub media_tcp_max_connections: usize,
     /// The address advertised in ICE candidates; `None` = the bind address
     /// (which must then be specific).
     pub media_ip: Option<IpAddr>,
@@ -297,6 +299,9 @@ struct RunArgs {
     /// [default: the --media-port number].
     #[arg(long, value_name = "PORT")]
     media_tcp_port: Option<String>,
+    /// ICE-TCP connections open at once; more are refused [default: 4096].
+    #[arg(long, value_name = "N")]
+    media_tcp_max_connections: Option<String>,
     /// Address advertised in the SFU's ICE candidates [default: the --http-listen IP, if specific].
     #[arg(long, value_name = "IP")]
     media_ip: Option<String>,
@@ -503,6 +508,19 @@ fn build(
         },
         None => Some(media_port),
     };
+    let media_tcp_max_connections = match l.scalar("media-tcp-max-connections", args.media_tcp_max_connections)? {
+        Some((v, at)) => match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => n as usize,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    at,
+                    value: v,
+                    expected: "a number of connections from 1",
+                })
+            }
+        },
+        None => sfu::TcpLimits::default().max_connections,
+    };
     let media_ip = match l.scalar("media-ip", args.media_ip)? {
         Some((v, at)) => match v.trim().parse::<IpAddr>() {
             Ok(ip) if !ip.is_unspecified() => Some(ip),
@@ -559,6 +577,7 @@ fn build(
         turn_secrets,
         media_port,
         media_tcp_port,
+        media_tcp_max_connections,
         media_ip,
         webhook_urls,
         log_format,
@@ -1245,6 +1264,14 @@ mod tests {
         let c = serve(&["--media-port=50000", "--media-tcp-port=443"]).unwrap();
         assert_eq!((c.media_port, c.media_tcp_port), (50000, Some(443)));
         assert_eq!(serve(&["--media-tcp-port=off"]).unwrap().media_tcp_port, None);
+        assert_eq!(serve(&[]).unwrap().media_tcp_max_connections, 4096);
+        assert_eq!(
+            serve(&["--media-tcp-max-connections=10"])
+                .unwrap()
+                .media_tcp_max_connections,
+            10
+        );
+        assert!(serve(&["--media-tcp-max-connections=0"]).is_err());
         for (f, v) in [
             ("media-port", "70000"),
             ("media-tcp-port", "70000"),

@@ -104,6 +104,13 @@ pub enum MediaEvent {
         participant: ParticipantRef,
         track_sid: String,
     },
+    /// The publisher's renegotiation withdrew `track_sid`'s m-line (stopped
+    /// it, or stopped sending on it) without unpublishing it: the media
+    /// plane already stopped forwarding it, and the room unpublishes it.
+    TrackEnded {
+        participant: ParticipantRef,
+        track_sid: String,
+    },
     /// DTLS is up: the participant becomes `active`.
     Connected {
         participant: ParticipantRef,

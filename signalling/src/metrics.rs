@@ -69,6 +69,12 @@ pub struct Metrics {
     pub webhook_dropped: IntCounter,
     /// Events waiting for delivery, over all URLs.
     pub webhook_queue: IntGauge,
+    /// The SFU's ICE-TCP connections open now.
+    pub sfu_tcp_connections: IntGauge,
+    /// ICE-TCP connections refused because the cap was reached.
+    pub sfu_tcp_refused: IntCounter,
+    /// ICE-TCP connections closed for sending nothing for a live peer.
+    pub sfu_tcp_idle_closed: IntCounter,
     relay: Option<relay::metrics::Metrics>,
 }
 
@@ -127,6 +133,17 @@ impl Metrics {
             participants: gauge(&r, "rtc_participants", "Participants in rooms."),
             participants_joined: counter(&r, "rtc_participants_joined_total", "Participants that joined."),
             tracks: gauge(&r, "rtc_tracks", "Published tracks."),
+            sfu_tcp_connections: gauge(&r, "rtc_sfu_tcp_connections", "Open ICE-TCP media connections."),
+            sfu_tcp_refused: counter(
+                &r,
+                "rtc_sfu_tcp_refused_total",
+                "ICE-TCP media connections refused at the connection cap.",
+            ),
+            sfu_tcp_idle_closed: counter(
+                &r,
+                "rtc_sfu_tcp_idle_closed_total",
+                "ICE-TCP media connections closed for being idle.",
+            ),
             ws_connections: gauge(&r, "rtc_ws_connections", "Open signalling WebSockets."),
             ws_connections_total: counter(&r, "rtc_ws_connections_total", "Signalling WebSockets accepted."),
             messages_in: counter(&r, "rtc_signal_messages_in_total", "Signalling messages received."),
@@ -172,6 +189,17 @@ impl Metrics {
     pub fn update_relay(&self, stats: &Stats, draining: bool) {
         if let Some(m) = &self.relay {
             m.update(stats, draining);
+        }
+    }
+
+    /// Copies the SFU's ICE-TCP counters (cumulative, read from the SFU).
+    pub fn update_sfu_tcp(&self, stats: &sfu::TcpStats) {
+        self.sfu_tcp_connections.set(stats.open as i64);
+        for (counter, now) in [
+            (&self.sfu_tcp_refused, stats.refused),
+            (&self.sfu_tcp_idle_closed, stats.idle_closed),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
         }
     }
 
@@ -259,6 +287,27 @@ mod tests {
             "rtc_auth_failures_total{reason=\"expired\"} 1",
             "rtc_relay_allocations 7",
             "rtc_relay_shards 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn sfu_tcp_counters_follow_the_sfu() {
+        let m = Metrics::new(None);
+        let stats = |open, refused, idle_closed| sfu::TcpStats {
+            open,
+            refused,
+            idle_closed,
+        };
+        m.update_sfu_tcp(&stats(3, 2, 1));
+        // Read again: cumulative counts are not added twice.
+        m.update_sfu_tcp(&stats(1, 5, 1));
+        let text = m.render();
+        for line in [
+            "rtc_sfu_tcp_connections 1",
+            "rtc_sfu_tcp_refused_total 5",
+            "rtc_sfu_tcp_idle_closed_total 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

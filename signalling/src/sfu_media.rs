@@ -397,7 +397,10 @@ impl Adapter {
                     self.push_settings(&sub, &track_sid).await;
                 }
             }
-            Op::Remove { p } => self.remove(&p),
+            Op::Remove { p } => {
+                tracing::debug!(sid = %p.sid, "participant removed from the SFU");
+                self.remove(&p)
+            }
             Op::Stop { .. } => {}
         }
     }
@@ -506,6 +509,36 @@ impl Adapter {
         if let Err(e) = self.sfu.unpublish(t.id.publisher, t.id).await {
             tracing::debug!(track_sid, error = %e, "SFU unpublish failed");
         }
+    }
+
+    /// The publisher's renegotiation withdrew a track's m-line (the SFU
+    /// already stopped it everywhere): the track forgets its SFU side, and
+    /// the room service is told so that it unpublishes the track. When the
+    /// client unpublished first, the track is gone here already.
+    async fn track_withdrawn(&mut self, track: TrackId) {
+        let Some(sid) = self.by_sfu_track.remove(&track) else {
+            // Never claimed by a `publish`: nothing to tell anyone.
+            if let Some(list) = self.unclaimed.get_mut(&track.publisher) {
+                list.retain(|u| u.id != track);
+            }
+            return;
+        };
+        if let Some(e) = self.tracks.get_mut(&sid) {
+            e.sfu = None;
+        }
+        for m in self.subs.values_mut() {
+            if let Some(s) = m.get_mut(&sid) {
+                s.applied = false;
+            }
+        }
+        let Some(p) = self.by_id.get(&track.publisher).cloned() else {
+            return;
+        };
+        self.emit(MediaEvent::TrackEnded {
+            participant: p,
+            track_sid: sid,
+        })
+        .await;
     }
 
     async fn mute(&mut self, p: &ParticipantRef, track_sid: &str, muted: bool) {
@@ -729,6 +762,7 @@ impl Adapter {
                     }),
                 }
             }
+            SfuEvent::TrackUnpublished { track } => self.track_withdrawn(track).await,
             SfuEvent::TrackMediaStarted { track } => {
                 let (Some(sid), Some(p)) = (self.by_sfu_track.get(&track), self.by_id.get(&track.publisher)) else {
                     return;

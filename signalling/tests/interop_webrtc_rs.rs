@@ -498,7 +498,9 @@ async fn permissions_are_enforced_on_media() {
     assert_eq!((&e["id"], &e["code"]), (&json!(5), &json!("permission_denied")));
 
     // Revoking alice's can_publish unpublishes her tracks: carol is told,
-    // and the SFU offers her both m-lines stopped, which ends the receivers.
+    // and the SFU offers her both m-lines ended: the first one (the BUNDLE
+    // transport's, which browsers must not see stopped) inactive, the other
+    // stopped, which ends its receiver.
     server
         .patch_permissions(
             "perm",
@@ -513,10 +515,21 @@ async fn permissions_are_enforced_on_media() {
         &mut carol_seen,
         "both tracks unpublished and ended",
         |r, seen| {
+            let last_offer = seen
+                .iter()
+                .rev()
+                .find(|m| m["type"] == "offer")
+                .and_then(|m| m["sdp"].as_str())
+                .unwrap_or_default();
+            // Per m-line: stopped (port 0) or inactive.
+            let ended_lines = last_offer
+                .split("\r\nm=")
+                .skip(1)
+                .filter(|m| m.split_whitespace().nth(1) == Some("0") || m.contains("a=inactive"))
+                .count();
             seen.iter().filter(|m| m["type"] == "track_unpublished").count() == 2
-                && ["audio", "video"]
-                    .iter()
-                    .all(|k| r.ended.get(k).copied().unwrap_or(0) >= 1)
+                && ended_lines == 2
+                && r.ended.get("audio").copied().unwrap_or(0) >= 1
         },
     )
     .await;

@@ -1,4 +1,4 @@
-// Test 9: codecs through the SFU. Three publishers on the demo page prefer
+// Test 13: codecs through the SFU. Three publishers on the demo page prefer
 // VP9, H.264 and AV1 for their cameras (single stream); `dan` subscribes
 // and publishes nothing. Each publisher also publishes a silent microphone
 // (an AudioContext destination with no input), with Opus DTX on (ann, ben)

@@ -5,9 +5,14 @@
 // http://127.0.0.1:PORT) and prints one JSON line: what it measured, or
 // `{"error": ..., "logs": [...]}`. Waits are bounded: a condition is polled
 // until it holds or its deadline passes, and a failure carries the last
-// sample. Chromium is the system one (/usr/bin/chromium or $CHROMIUM);
-// playwright never downloads a browser here.
+// sample. Chromium is the system one (/usr/bin/chromium or $CHROMIUM),
+// driven by playwright; Firefox is Debian's firefox-esr ($FIREFOX), driven
+// by puppeteer-core over WebDriver BiDi (playwright cannot drive a stock
+// Firefox). Neither library downloads a browser here. Scripts pick the
+// browser with `cfg.browser` ("chromium" by default); the page helpers
+// below accept either library's pages.
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const cfg = JSON.parse(process.argv[2] ?? '{}');
 export const base = cfg.base;
@@ -16,7 +21,9 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** Console output of every page, for failure reports. */
 export const logs = [];
 
-export async function launch() {
+export async function launch(kind = cfg.browser ?? 'chromium') {
+  if (kind === 'firefox') return launchFirefox();
+  if (kind !== 'chromium') throw new Error(`unknown browser ${kind}`);
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
@@ -36,10 +43,49 @@ export async function launch() {
   });
 }
 
+/**
+ * Firefox with fake capture devices, no permission prompt, and ICE on
+ * loopback: the test's namespace has only `lo`, which Firefox skips by
+ * default, and host candidates must be plain addresses (mDNS names do not
+ * resolve there). Camera and microphone are also granted as permissions:
+ * without a granted permission Firefox gathers only the default route's
+ * address, and a namespace with only `lo` has no default route, so it would
+ * gather no candidate at all ("failed to find default addresses").
+ */
+async function launchFirefox() {
+  return puppeteer.launch({
+    browser: 'firefox',
+    executablePath: process.env.FIREFOX ?? '/usr/bin/firefox-esr',
+    headless: true,
+    extraPrefsFirefox: {
+      'media.navigator.streams.fake': true,
+      'media.navigator.permission.disabled': true,
+      'media.peerconnection.ice.loopback': true,
+      'media.peerconnection.ice.obfuscate_host_addresses': false,
+      'permissions.default.camera': 1,
+      'permissions.default.microphone': 1,
+      'media.autoplay.default': 0,
+      'media.autoplay.blocking_policy': 0,
+    },
+  });
+}
+
+/** Which browser a page (of either library) belongs to. */
+export function browserOf(browser) {
+  return browser.newContext ? 'chromium' : 'firefox';
+}
+
 /** A page in its own context (a participant), with its console captured under `name`. */
 export async function newPage(browser, name, viewport = { width: 960, height: 600 }) {
-  const ctx = await browser.newContext({ viewport });
-  const page = await ctx.newPage();
+  let page;
+  if (browser.newContext) {
+    const ctx = await browser.newContext({ viewport });
+    page = await ctx.newPage();
+  } else {
+    const ctx = await browser.createBrowserContext();
+    page = await ctx.newPage();
+    await page.setViewport(viewport);
+  }
   page.on('console', (m) => logs.push(`${name}: ${m.type()} ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`${name}: pageerror ${e.message}`));
   return page;
@@ -55,8 +101,14 @@ export function demoUrl(params) {
 /** Opens the demo page and waits until it is connected. */
 export async function openDemo(page, params, timeout = 20000) {
   await page.goto(demoUrl(params));
-  await page.waitForFunction(() => window.rtcDemo?.state === 'connected' || window.rtcDemo?.error, null, { timeout });
-  const st = await page.evaluate(() => ({ state: window.rtcDemo.state, error: window.rtcDemo.error }));
+  // Polled rather than waitForFunction, whose signature differs between
+  // playwright and puppeteer.
+  const st = await pollUntil(
+    `demo page for ${params.identity} connected`,
+    () => page.evaluate(() => ({ state: window.rtcDemo?.state ?? null, error: window.rtcDemo?.error ?? null })),
+    (s) => s.state === 'connected' || s.error,
+    { timeoutMs: timeout, every: 100 },
+  );
   if (st.state !== 'connected') throw new Error(`demo page for ${params.identity} did not connect: ${JSON.stringify(st)}`);
   return page;
 }
@@ -108,6 +160,7 @@ export async function inbound(page) {
         const stats = await pub.receiver.getStats();
         stats.forEach((s) => {
           if (s.type !== 'inbound-rtp') return;
+          e.codec = stats.get(s.codecId)?.mimeType ?? null;
           e.packetsReceived = s.packetsReceived ?? 0;
           e.bytesReceived = s.bytesReceived ?? 0;
           e.codec = stats.get(s.codecId)?.mimeType ?? null;
@@ -145,9 +198,19 @@ export async function main(body) {
     result = { error: String((e && e.stack) || e) };
   } finally {
     result.logs = logs.slice(-40);
-    await browser.close().catch(() => {});
+    for (const b of [browser, ...extra]) await b.close().catch(() => {});
   }
   console.log(JSON.stringify(result));
+}
+
+/** Browsers a script launched besides main's; closed by `main`. */
+const extra = [];
+
+/** Another browser of `kind` for the same script (e.g. Firefox next to Chromium). */
+export async function launchAnother(kind) {
+  const b = await launch(kind);
+  extra.push(b);
+  return b;
 }
 
 /** A REST call to the server (inside the namespace, like the pages). */

@@ -135,6 +135,10 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
         tcp_listen: cfg
             .media_tcp_port
             .map(|port| SocketAddr::new(cfg.http_listen.ip(), port)),
+        tcp_limits: sfu::TcpLimits {
+            max_connections: cfg.media_tcp_max_connections,
+            ..sfu::TcpLimits::default()
+        },
         advertise_ip: cfg.media_ip,
         shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
         ..sfu::SfuConfig::default()
@@ -194,6 +198,18 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
             }
         })
     });
+
+    // The SFU's ICE-TCP counters likewise.
+    let sfu_poller = {
+        let (sfu, metrics) = (sfu.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELAY_POLL);
+            loop {
+                tick.tick().await;
+                metrics.update_sfu_tcp(&sfu.tcp_stats());
+            }
+        })
+    };
 
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut http = tokio::spawn(async move {
@@ -255,6 +271,9 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
             Err(_) => tracing::warn!("relay still referenced at exit; its threads end with the process"),
         }
     }
+    // It holds a handle of the SFU, which must be the last one to stop it.
+    sfu_poller.abort();
+    let _ = sfu_poller.await;
     stop_sfu(&sfu_media, sfu).await;
     tracing::info!("rtc-server stopped");
     result

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use super::RoomService;
 use crate::media::{MediaEvent, ParticipantRef, Target};
-use crate::model::{Participant, ParticipantState, Room, Track};
+use crate::model::{now_ms, Participant, ParticipantState, Room, Track};
 use crate::ws::protocol::ServerMessage;
 
 /// Lifecycle events for webhooks (and metrics), emitted after the change is stored.
@@ -84,6 +84,7 @@ impl RoomService {
                 candidate,
             } => to_session(&participant, ServerMessage::Trickle { target, candidate }),
             MediaEvent::TrackMediaStarted { .. } => {}
+            MediaEvent::TrackEnded { participant, track_sid } => self.track_ended(&participant, &track_sid).await,
             MediaEvent::Connected { participant } => {
                 self.set_state(&participant, ParticipantState::Active).await;
             }
@@ -150,6 +151,31 @@ impl RoomService {
                     }
                 }
             }
+        }
+    }
+
+    /// Unpublishes a track whose m-line its publisher withdrew without
+    /// saying so, so the room stops listing media that no longer flows.
+    async fn track_ended(&self, pref: &ParticipantRef, track_sid: &str) {
+        let _guard = self.lock_room(&pref.room).await;
+        let identity = {
+            let live = self.live();
+            live.get(&pref.room).and_then(|lr| {
+                lr.sessions
+                    .iter()
+                    .find(|(_, s)| s.sid == pref.sid)
+                    .map(|(id, _)| id.clone())
+            })
+        };
+        let Some(identity) = identity else { return };
+        let Ok(Some(p)) = self.inner.store.get_participant(&pref.room, &identity).await else {
+            return;
+        };
+        if p.sid != pref.sid || !p.tracks.iter().any(|t| t.sid == track_sid) {
+            return;
+        }
+        if let Err(e) = self.unpublish_locked(&pref.room, p, track_sid, now_ms()).await {
+            tracing::debug!(track_sid, error = %e, "unpublishing an ended track failed");
         }
     }
 

@@ -1470,9 +1470,7 @@ export class Room extends EventEmitter {
         match: (m) => m.type === "track_unpublished" && m.track_sid === pub.sid,
       });
     } finally {
-      try {
-        pub.transceiver?.stop();
-      } catch {}
+      this._retirePublisherTransceiver(pub.transceiver);
       if (stop) pub.track?.stop();
       this.emit(RoomEvent.LocalTrackUnpublished, pub, lp);
     }
@@ -1480,6 +1478,26 @@ export class Room extends EventEmitter {
       await this._negotiatePublisher().catch((e) => console.warn("rtc: renegotiation after unpublish failed:", e.message));
     }
     return pub;
+  }
+
+  /**
+   * Ends a publisher transceiver whose track is withdrawn. The first live
+   * m-line carries the BUNDLE transport, and Chrome tears the transport down
+   * (DTLS included, which ends the server's session) when that m-line is
+   * stopped; so it is only made inactive and sends nothing. Others stop, and
+   * their m-lines may be recycled by later tracks.
+   */
+  _retirePublisherTransceiver(t) {
+    if (!t) return;
+    try {
+      const first = parseSdpMedia(this._pub?.localDescription?.sdp).find((m) => m.port !== 0 && m.kind !== "application");
+      if (first && first.mid === t.mid) {
+        t.sender.replaceTrack(null).catch(() => {});
+        t.direction = "inactive";
+      } else {
+        t.stop();
+      }
+    } catch {}
   }
 
   // -- subscriber ------------------------------------------------------------
@@ -1707,9 +1725,7 @@ export class Room extends EventEmitter {
           const pub = lp.tracks.get(m.track_sid);
           if (pub) {
             lp.tracks.delete(pub.sid);
-            try {
-              pub.transceiver?.stop();
-            } catch {}
+            this._retirePublisherTransceiver(pub.transceiver);
             this.emit(RoomEvent.LocalTrackUnpublished, pub, lp);
             if (this._pub && this.state === "connected") this._negotiatePublisher().catch(() => {});
           }
