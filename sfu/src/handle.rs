@@ -8,6 +8,7 @@
 //! in the low byte, so routing a command needs no shared table.
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use relay::io::reuseport;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::participant::{PeerConfig, Role};
 use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, RouterConfig, SfuEvent, TrackId};
 use crate::shard::{shard_main, Command, ShardInit};
+use crate::stats::{self, SfuStats, ShardCounters};
 use crate::Error;
 
 /// Socket buffer size asked for; the kernel caps it at `rmem_max`.
@@ -60,6 +62,7 @@ pub struct Sfu {
     next_id: AtomicU64,
     local: SocketAddr,
     tcp_local: Option<SocketAddr>,
+    counters: Vec<Arc<ShardCounters>>,
 }
 
 impl Sfu {
@@ -111,6 +114,7 @@ impl Sfu {
             receivers.push(rx);
         }
         let mut threads = Vec::new();
+        let mut counters = Vec::new();
         for (index, (socket, commands)) in sockets.into_iter().zip(receivers).enumerate() {
             let router = Router::new(RouterConfig {
                 shard: index,
@@ -129,7 +133,9 @@ impl Sfu {
                 commands,
                 peers: senders.clone(),
                 events: ev_tx.clone(),
+                counters: Arc::new(ShardCounters::default()),
             };
+            counters.push(init.counters.clone());
             let t = std::thread::Builder::new()
                 .name(format!("sfu-shard-{index}"))
                 .spawn(move || shard_main(init))?;
@@ -142,9 +148,15 @@ impl Sfu {
                 next_id: AtomicU64::new(1),
                 local,
                 tcp_local,
+                counters,
             },
             ev_rx,
         ))
+    }
+
+    /// What the data plane dropped since start (all shards).
+    pub fn stats(&self) -> SfuStats {
+        stats::sum(self.counters.iter().map(|c| &**c))
     }
 
     /// The media address clients are told (host candidate).

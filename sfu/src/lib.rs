@@ -102,10 +102,13 @@ pub mod mux;
 pub mod participant;
 pub mod router;
 pub mod shard;
+pub mod stats;
 pub mod tcp;
+pub mod udp_tx;
 
 pub use handle::{Sfu, SfuConfig};
 pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};
+pub use stats::SfuStats;
 
 pub mod allocator;
 pub mod downtrack;
