@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::participant::{PeerConfig, Role};
 use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, RouterConfig, SfuEvent, TrackId};
 use crate::shard::{shard_main, Command, ShardInit};
+use crate::stats::{self, SfuStats, ShardCounters};
 use crate::tcp_limits::{ConnCap, TcpLimits, TcpStats};
 use crate::Error;
 
@@ -66,6 +67,7 @@ pub struct Sfu {
     local: SocketAddr,
     tcp_local: Option<SocketAddr>,
     tcp_cap: Arc<ConnCap>,
+    counters: Vec<Arc<ShardCounters>>,
 }
 
 impl Sfu {
@@ -118,6 +120,7 @@ impl Sfu {
         }
         let tcp_cap = ConnCap::new(cfg.tcp_limits.max_connections);
         let mut threads = Vec::new();
+        let mut counters = Vec::new();
         for (index, (socket, commands)) in sockets.into_iter().zip(receivers).enumerate() {
             let router = Router::new(RouterConfig {
                 shard: index,
@@ -138,7 +141,9 @@ impl Sfu {
                 commands,
                 peers: senders.clone(),
                 events: ev_tx.clone(),
+                counters: Arc::new(ShardCounters::default()),
             };
+            counters.push(init.counters.clone());
             let t = std::thread::Builder::new()
                 .name(format!("sfu-shard-{index}"))
                 .spawn(move || shard_main(init))?;
@@ -152,9 +157,15 @@ impl Sfu {
                 local,
                 tcp_local,
                 tcp_cap,
+                counters,
             },
             ev_rx,
         ))
+    }
+
+    /// What the data plane dropped since start (all shards).
+    pub fn stats(&self) -> SfuStats {
+        stats::sum(self.counters.iter().map(|c| &**c))
     }
 
     /// The media address clients are told (host candidate).

@@ -27,7 +27,9 @@
 //! The I/O side: [`participant`] wraps one `Rtc` (panics caught per call),
 //! [`mux`] routes datagrams of the shared port, [`router`] is the sans-IO
 //! shard core (tracks, subscriptions, fan-out), [`shard`] the thread and
-//! socket loop around it, [`handle`] the control plane's [`Sfu`].
+//! socket loop around it, [`udp_tx`] its batched sends (`sendmmsg`, GSO),
+//! [`stats`] what the data plane dropped, [`handle`] the control plane's
+//! [`Sfu`].
 //!
 //! # How str0m 0.25 is used
 //! - `RtcConfig::new().set_ice_lite(true).set_rtp_mode(true)`: the server is
@@ -110,11 +112,14 @@ pub mod mux;
 pub mod participant;
 pub mod router;
 pub mod shard;
+pub mod stats;
 pub mod tcp;
 pub mod tcp_limits;
+pub mod udp_tx;
 
 pub use handle::{Sfu, SfuConfig};
 pub use router::{Limits, ParticipantId, ParticipantInfo, SfuEvent, TrackId};
+pub use stats::SfuStats;
 pub use tcp_limits::{TcpLimits, TcpStats};
 
 pub mod allocator;

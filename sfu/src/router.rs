@@ -134,7 +134,33 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 struct PeerSlot {
     peer: Peer,
     owner: ParticipantId,
+    /// In `Router::dirty`, with this many packets written since its last
+    /// drive (each needs one str0m timeout to leave the pacer).
+    dirty: bool,
+    writes: u32,
 }
+
+/// Packets a subscriber's send stream may hold in str0m before more are
+/// dropped: about a second of 2.5 Mbit/s video in 1,000-byte packets. With
+/// every written packet timed out at once (`Router::drive_peer`), only a
+/// pacer held far below the forwarded rate or a stalled shard reaches it.
+pub const MAX_QUEUED_PACKETS: usize = 300;
+
+/// Outcome of one write to a subscriber's send stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    Written,
+    NoStream,
+    QueueFull,
+}
+
+/// str0m's leaky-bucket pacer releases one packet per `handle_timeout` and
+/// then asks for the next timeout this much after the last one; a peer
+/// whose timeout is no later than `now` plus this is answered at once.
+const PACER_GATE: Duration = Duration::from_micros(1);
+/// Most timeouts given to one peer in one drive: a bound on the work one
+/// peer can take from the others in one turn of the shard loop.
+const MAX_ROUNDS: u32 = 256;
 
 struct Participant {
     room: String,
@@ -241,6 +267,9 @@ struct Down {
     /// Highest extended output sequence number written (str0m wants
     /// extended numbers; the down-track gives 16 bits).
     out_ext: Option<u64>,
+    /// Video lost a packet to a full send queue: forwarding waits for the
+    /// next keyframe of the current layer.
+    await_keyframe: bool,
 }
 
 /// A subscriber's rendering limits for one video subscription.
@@ -312,8 +341,12 @@ pub struct Router {
     events: VecDeque<SfuEvent>,
     /// Reused queue of one peer's events (keeps its capacity).
     scratch: VecDeque<PeerEvent>,
-    /// Peers written to since their last drain.
+    /// Peers written to since their last drive (each once: `PeerSlot::dirty`).
     dirty: Vec<PeerId>,
+    /// Inside a receive batch: `settle` waits for `end_batch`.
+    batching: bool,
+    /// Media packets dropped because a subscriber's send queue was full.
+    queue_full_drops: u64,
     next_id: u64,
     /// Active speaker detection per room.
     speakers: HashMap<String, SpeakerDetector>,
@@ -360,6 +393,8 @@ impl Router {
             events: VecDeque::new(),
             scratch: VecDeque::new(),
             dirty: Vec::new(),
+            batching: false,
+            queue_full_drops: 0,
             next_id: 1,
             speakers: HashMap::new(),
             next_speaker_tick: None,
@@ -372,6 +407,12 @@ impl Router {
 
     pub fn poll_event(&mut self) -> Option<SfuEvent> {
         self.events.pop_front()
+    }
+
+    /// Media packets dropped since start because a subscriber's send queue
+    /// held [`MAX_QUEUED_PACKETS`].
+    pub fn queue_full_drops(&self) -> u64 {
+        self.queue_full_drops
     }
 
     pub fn participant_count(&self) -> usize {
@@ -388,7 +429,12 @@ impl Router {
     }
 
     fn insert_peer(&mut self, peer: Peer, owner: ParticipantId) -> PeerId {
-        let slot = Some(PeerSlot { peer, owner });
+        let slot = Some(PeerSlot {
+            peer,
+            owner,
+            dirty: false,
+            writes: 0,
+        });
         let id = match self.free.pop() {
             Some(i) => {
                 self.peers[i as usize] = slot;
@@ -895,6 +941,7 @@ impl Router {
                     temporal: TemporalFilter::new(),
                     pictures: PictureIdRewriter::new(),
                     out_ext: None,
+                    await_keyframe: false,
                 },
             );
         }
@@ -962,23 +1009,34 @@ impl Router {
             }
             p.receive(now, proto, remote, local, data);
             self.drain_peer(now, peer, tx);
-            self.settle(now, tx);
+            if !self.batching {
+                self.settle(now, tx);
+            }
         }
         route
+    }
+
+    /// Starts a receive batch: the datagrams handled until
+    /// [`Router::end_batch`] only queue media on subscribers' send streams,
+    /// and `end_batch` sends it peer by peer, so that several packets to one
+    /// subscriber cost one drive of its `Rtc` and leave back to back (one
+    /// GSO send).
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Sends what the batch queued.
+    pub fn end_batch(&mut self, now: Instant, tx: &mut dyn FnMut(&Transmit)) {
+        self.batching = false;
+        self.settle(now, tx);
     }
 
     /// Fires every peer timer that is due.
     pub fn handle_timeout(&mut self, now: Instant, tx: &mut dyn FnMut(&Transmit)) {
         for i in 0..self.peers.len() {
-            let due = match &mut self.peers[i] {
-                Some(s) if s.peer.next_timeout <= now => {
-                    s.peer.timeout(now);
-                    true
-                }
-                _ => false,
-            };
+            let due = matches!(&self.peers[i], Some(s) if s.peer.next_timeout <= now);
             if due {
-                self.drain_peer(now, PeerId(i as u32), tx);
+                self.drive_peer(now, PeerId(i as u32), tx);
             }
         }
         if self.next_realloc_tick.is_none_or(|t| t <= now) {
@@ -1029,7 +1087,47 @@ impl Router {
                 self.reallocate(now, sub);
             }
             let Some(id) = self.dirty.pop() else { break };
+            self.drive_peer(now, id, tx);
+        }
+    }
+
+    /// Gives a peer timeouts at `now` and drains it until str0m has nothing
+    /// more to send now. Written media only leaves str0m after a timeout
+    /// (which stamps it into the send queue), and the pacer then releases
+    /// one packet per timeout: answering at once sends a peer's queue back
+    /// to back, with send times (TWCC) taken when the packets really leave,
+    /// instead of one packet per turn of the shard loop.
+    fn drive_peer(&mut self, now: Instant, id: PeerId, tx: &mut dyn FnMut(&Transmit)) {
+        let Some(slot) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        // One per packet written, and a few for what the pacer or RTCP had
+        // waiting; the gate check below ends the drive sooner when str0m
+        // has nothing due.
+        let rounds = slot.writes.saturating_add(8).min(MAX_ROUNDS);
+        // Written to: what was written needs a timeout whatever str0m
+        // answered last.
+        let mut force = slot.dirty;
+        slot.dirty = false;
+        slot.writes = 0;
+        for _ in 0..rounds {
+            match self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                Some(s) if force || s.peer.next_timeout <= now + PACER_GATE => s.peer.timeout(now),
+                _ => break,
+            }
+            force = false;
             self.drain_peer(now, id, tx);
+        }
+    }
+
+    /// Notes that `id` was given something to send; `settle` drives it.
+    fn mark_dirty(&mut self, id: PeerId, writes: u32) {
+        if let Some(slot) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) {
+            slot.writes = slot.writes.saturating_add(writes);
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(id);
+            }
         }
     }
 
@@ -1169,7 +1267,10 @@ impl Router {
                     let _ = ch.write(binary, data);
                 }
             });
-            self.dirty.push(pid);
+            if !slot.dirty {
+                slot.dirty = true;
+                self.dirty.push(pid);
+            }
         }
         Ok(())
     }
@@ -1209,7 +1310,7 @@ impl Router {
                     s.request_keyframe(kind);
                 }
             });
-            self.dirty.push(pid);
+            self.mark_dirty(pid, 0);
         }
     }
 
@@ -1595,6 +1696,14 @@ impl Router {
             } else if rid != d.current {
                 continue;
             }
+            if d.await_keyframe {
+                if !keyframe {
+                    want_keyframe = Some(rid);
+                    continue;
+                }
+                d.await_keyframe = false;
+                d.dt.resume();
+            }
             let mut info = info;
             if let Some(f) = &frame {
                 info.droppable = !d.temporal.accept(f);
@@ -1649,8 +1758,18 @@ impl Router {
             let wrote = slot.peer.guard(|rtc| {
                 let mut api = rtc.direct_api();
                 let Some(stream) = api.stream_tx_by_mid(mid, None) else {
-                    return false;
+                    return Write::NoStream;
                 };
+                // str0m's send queue has no bound of its own: a subscriber
+                // whose queue does not drain (its pacer far below what is
+                // forwarded, or a shard that fell behind) loses packets
+                // here instead of growing memory.
+                if stream
+                    .queue_info()
+                    .is_some_and(|q| q.packet_count() >= MAX_QUEUED_PACKETS)
+                {
+                    return Write::QueueFull;
+                }
                 let mut w = RtpWrite::new(pt_out, out_ext.into(), rw.ts, now, payload)
                     .marker(rw.marker)
                     .ext_vals(ext.clone())
@@ -1659,10 +1778,26 @@ impl Router {
                     w = w.vp8_patch(p);
                 }
                 stream.write_rtp(w);
-                true
+                Write::Written
             });
-            if wrote == Some(true) && self.dirty.last() != Some(&sid) {
-                self.dirty.push(sid);
+            if wrote == Some(Write::QueueFull) {
+                self.queue_full_drops += 1;
+                // The sequence number is spent, so the subscriber sees a
+                // loss it cannot repair; video resumes at the next keyframe
+                // (the same path as a layer switch) rather than decode
+                // garbage until one comes.
+                if is_video {
+                    d.await_keyframe = true;
+                    d.dt.pause();
+                }
+                continue;
+            }
+            if wrote == Some(Write::Written) {
+                slot.writes = slot.writes.saturating_add(1);
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push(sid);
+                }
             }
         }
         if let Some(rid) = want_keyframe {

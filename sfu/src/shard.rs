@@ -6,16 +6,16 @@
 //! A single task owns the router, so nothing is shared or locked: it waits
 //! for the socket, a command, a chunk of TCP frames or the router's next
 //! timer, handles whichever came, then flushes the datagrams the router
-//! produced as one batch (GSO for same-destination runs) and the TCP bytes
+//! produced as one batch ([`crate::udp_tx`]: one `sendmmsg`, GSO for
+//! same-destination runs) and the TCP bytes
 //! to their connections. The TCP acceptor and readers are tasks of the same
 //! thread that only pass bytes in.
-use std::cell::Cell;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 use str0m::media::Rid;
 use str0m::net::Protocol;
 use tokio::io::Interest;
@@ -25,20 +25,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::mux::Route;
 use crate::participant::Role;
 use crate::router::{Limits, ParticipantId, ParticipantInfo, Router, SfuEvent, TrackId};
+use crate::stats::{SfuStats, ShardCounters};
 use crate::tcp::{accept_loop, frames, TcpConns, TcpIn, INBOX};
 use crate::tcp_limits::{ConnCap, ConnPermit};
 
 /// How often a shard looks for idle ICE-TCP connections (at most; a
 /// shorter idle timeout is checked at its own period).
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+use crate::udp_tx::TxBatch;
 use crate::Error;
 
 /// Largest datagram (or GRO train) one receive slot holds.
 const SLOT: usize = 65536;
-const TX_BYTES: usize = 256 * 1024;
-const TX_ITEMS: usize = 512;
-/// The kernel refuses GSO sends above 64 KiB in total.
-const GSO_MAX_BYTES: usize = 65000;
 /// Receive batches handled per wake before the loop looks at timers and
 /// commands again.
 const MAX_BATCHES_PER_WAKE: usize = 8;
@@ -168,6 +166,8 @@ pub struct ShardInit {
     /// Every shard's queue (this one's included), for handovers.
     pub peers: Vec<mpsc::UnboundedSender<Command>>,
     pub events: mpsc::UnboundedSender<SfuEvent>,
+    /// Where the shard publishes its drop counters.
+    pub counters: Arc<ShardCounters>,
 }
 
 /// The body of a shard thread.
@@ -190,12 +190,13 @@ async fn run(init: ShardInit) -> io::Result<()> {
         mut commands,
         peers,
         events,
+        counters,
     } = init;
+    let mut published = SfuStats::default();
     let state = UdpSocketState::new((&socket).into())?;
     let sock = UdpSocket::from_std(socket)?;
     let mut rx = RecvBufs::new();
-    let mut tx = TxBatch::new();
-    let dropped = Cell::new(0u64);
+    let mut tx = TxBatch::new(state.max_gso_segments());
     let (inbox_tx, mut inbox) = mpsc::channel(INBOX);
     let mut tcp = TcpConns::new(inbox_tx, tcp_idle_timeout);
     let mut tcp_local = None;
@@ -226,6 +227,7 @@ async fn run(init: ShardInit) -> io::Result<()> {
                         }
                     };
                     let now = Instant::now();
+                    router.begin_batch();
                     for i in 0..n {
                         let meta = rx.meta[i];
                         let buf = rx.slot(i);
@@ -244,7 +246,8 @@ async fn run(init: ShardInit) -> io::Result<()> {
                             }
                         }
                     }
-                    tx.flush(&state, &sock, &dropped);
+                    router.end_batch(Instant::now(), &mut sink(&mut tx, &mut tcp));
+                    tx.flush(&sock);
                     tcp.flush();
                 }
             }
@@ -299,11 +302,20 @@ async fn run(init: ShardInit) -> io::Result<()> {
                 }
             }
         }
-        tx.flush(&state, &sock, &dropped);
+        tx.flush(&sock);
         tcp.flush();
         while let Some(ev) = router.poll_event() {
             // Unbounded so the data plane never waits on the control plane.
             let _ = events.send(ev);
+        }
+        let now_stats = SfuStats {
+            queue_full_drops: router.queue_full_drops(),
+            udp_would_block: tx.stats.would_block,
+            udp_send_failed: tx.stats.failed,
+        };
+        if now_stats != published {
+            published = now_stats;
+            counters.publish(published);
         }
     }
 }
@@ -460,109 +472,4 @@ fn segments(meta: &RecvMeta) -> impl Iterator<Item = std::ops::Range<usize>> {
     let len = meta.len.min(SLOT);
     let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
     (0..len).step_by(stride).map(move |off| off..(off + stride).min(len))
-}
-
-struct TxItem {
-    dest: SocketAddr,
-    start: u32,
-    len: u32,
-}
-
-/// Datagrams waiting to go out, back to back so a run to one destination is
-/// already a GSO super-buffer. Buffers are allocated once.
-struct TxBatch {
-    buf: Vec<u8>,
-    items: Vec<TxItem>,
-    /// Sent when the batch fills mid-loop.
-    overflow: bool,
-}
-
-impl TxBatch {
-    fn new() -> Self {
-        TxBatch {
-            buf: Vec::with_capacity(TX_BYTES),
-            items: Vec::with_capacity(TX_ITEMS),
-            overflow: false,
-        }
-    }
-
-    fn push(&mut self, dest: SocketAddr, data: &[u8]) {
-        if self.items.len() >= TX_ITEMS || self.buf.len() + data.len() > TX_BYTES {
-            // The router produces more than a batch between flushes only in
-            // bursts (keyframes to many subscribers); dropping here would
-            // lose media, so grow instead and note it.
-            self.overflow = true;
-        }
-        let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(data);
-        self.items.push(TxItem {
-            dest,
-            start,
-            len: data.len() as u32,
-        });
-    }
-
-    fn flush(&mut self, state: &UdpSocketState, sock: &UdpSocket, dropped: &Cell<u64>) {
-        let max_segs = state.max_gso_segments().max(1);
-        let mut i = 0;
-        while i < self.items.len() {
-            let first = &self.items[i];
-            let seg = first.len as usize;
-            let mut j = i + 1;
-            let mut total = seg;
-            while j < self.items.len() && j - i < max_segs && seg > 0 {
-                let it = &self.items[j];
-                if it.dest != first.dest || it.len as usize > seg || total + it.len as usize > GSO_MAX_BYTES {
-                    break;
-                }
-                total += it.len as usize;
-                j += 1;
-                // Only the last segment of a GSO send may be shorter.
-                if (it.len as usize) < seg {
-                    break;
-                }
-            }
-            let start = first.start as usize;
-            let t = Transmit {
-                destination: first.dest,
-                ecn: None,
-                contents: &self.buf[start..start + total],
-                segment_size: if j - i > 1 { Some(seg) } else { None },
-                src_ip: None,
-            };
-            match state.try_send(sock.into(), &t) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dropped.set(dropped.get() + (j - i) as u64),
-                Err(e) if j - i > 1 => {
-                    // Some NICs reject GSO; quinn-udp then disables it on the
-                    // socket and this run goes out one datagram at a time.
-                    tracing::debug!(error = %e, "GSO send failed, retrying unsegmented");
-                    for it in &self.items[i..j] {
-                        let s = it.start as usize;
-                        let t = Transmit {
-                            destination: it.dest,
-                            ecn: None,
-                            contents: &self.buf[s..s + it.len as usize],
-                            segment_size: None,
-                            src_ip: None,
-                        };
-                        if state.try_send(sock.into(), &t).is_err() {
-                            dropped.set(dropped.get() + 1);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, dest = %first.dest, "send failed");
-                    dropped.set(dropped.get() + 1);
-                }
-            }
-            i = j;
-        }
-        self.items.clear();
-        self.buf.clear();
-        if self.overflow {
-            self.overflow = false;
-            tracing::trace!("transmit batch overflowed");
-        }
-    }
 }

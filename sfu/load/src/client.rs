@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -25,6 +26,85 @@ use crate::LoadError;
 /// options): a subscriber that cannot keep up should not lose in its own
 /// socket what the SFU delivered.
 const CLIENT_BUF: i32 = 4 << 20;
+
+/// Whether arrival times come from the kernel (`SO_TIMESTAMPNS`).
+static KERNEL_RX_TIME: AtomicBool = AtomicBool::new(true);
+
+/// Chooses kernel (true) or read-time (false) arrival stamps for clients
+/// created afterwards.
+pub fn set_kernel_rx_time(on: bool) {
+    KERNEL_RX_TIME.store(on, Ordering::Relaxed);
+}
+
+/// Turns on kernel receive timestamps; false if the kernel refused.
+fn enable_timestamps(fd: i32) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid fd and a pointer to a live c_int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// One `recvmsg`: length, sender and the kernel's receive time (wall
+/// clock) if the socket reports it.
+fn recv_stamped(fd: i32, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+    // SAFETY: every pointer handed to recvmsg points to a live local of
+    // the stated size; the control buffer is aligned for cmsghdr.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        #[repr(C, align(8))]
+        struct Ctrl([u8; 64]);
+        let mut ctrl = Ctrl([0; 64]);
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctrl.0.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = ctrl.0.len() as _;
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if addr.ss_family as libc::c_int != libc::AF_INET {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        let sin = &*(&addr as *const _ as *const libc::sockaddr_in);
+        let from = SocketAddr::from((
+            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+            u16::from_be(sin.sin_port),
+        ));
+        let mut stamp = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
+                stamp = Some(UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n as usize, from, stamp))
+    }
+}
+
+/// The `Instant` of a kernel wall-clock stamp: `now` minus how long ago
+/// the stamp was (never later than `now`).
+fn instant_of(stamp: SystemTime, now: Instant) -> Instant {
+    match SystemTime::now().duration_since(stamp) {
+        Ok(ago) => now.checked_sub(ago).unwrap_or(now),
+        Err(_) => now,
+    }
+}
 
 /// Per-kind receive counters of one client.
 #[derive(Clone, Debug, Default)]
@@ -88,6 +168,8 @@ pub struct Client {
     /// Which SSRCs carry audio (learned from the payload type).
     kinds: HashMap<Ssrc, bool>,
     buf: Vec<u8>,
+    /// Arrival times are the kernel's (`SO_TIMESTAMPNS`).
+    stamped: bool,
 }
 
 fn set_buf(fd: i32, opt_force: libc::c_int, opt: libc::c_int) {
@@ -111,6 +193,7 @@ impl Client {
         sock.set_nonblocking(true)?;
         set_buf(sock.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
         set_buf(sock.as_raw_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+        let stamped = KERNEL_RX_TIME.load(Ordering::Relaxed) && enable_timestamps(sock.as_raw_fd());
         let addr = sock.local_addr()?;
         let now = Instant::now();
         let mut cfg = RtcConfig::new()
@@ -150,6 +233,7 @@ impl Client {
             errors: 0,
             kinds: HashMap::new(),
             buf: vec![0u8; 2048],
+            stamped,
         })
     }
 
@@ -224,11 +308,21 @@ impl Client {
     /// Reads every waiting datagram into str0m.
     fn read(&mut self) {
         loop {
-            let (n, from) = match self.sock.recv_from(&mut self.buf) {
-                Ok(x) => x,
-                Err(_) => return,
+            let (n, from, stamp) = if self.stamped {
+                match recv_stamped(self.sock.as_raw_fd(), &mut self.buf) {
+                    Ok(x) => x,
+                    Err(_) => return,
+                }
+            } else {
+                match self.sock.recv_from(&mut self.buf) {
+                    Ok((n, from)) => (n, from, None),
+                    Err(_) => return,
+                }
             };
-            let now = Instant::now();
+            let read_at = Instant::now();
+            // The receive time transport-cc reports: when the datagram
+            // reached the socket, not when this thread got to it.
+            let now = stamp.map_or(read_at, |s| instant_of(s, read_at));
             let Ok(contents) = self.buf[..n].try_into() else {
                 self.malformed += 1;
                 continue;

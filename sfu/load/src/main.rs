@@ -88,10 +88,17 @@ struct MediaArgs {
     /// Unrequested keyframe interval in seconds (0 = only on request).
     #[arg(long, default_value_t = 0.0)]
     keyframe_secs: f64,
+    /// Clients stamp a datagram's arrival when their (single) thread reads
+    /// it, instead of with the kernel's receive time (SO_TIMESTAMPNS). On a
+    /// busy machine that adds the thread's own queueing to what the
+    /// receivers' transport-cc feedback reports as network delay.
+    #[arg(long)]
+    user_rx_time: bool,
 }
 
 impl MediaArgs {
     fn spec(&self) -> MediaSpec {
+        client::set_kernel_rx_time(!self.user_rx_time);
         let layers = if self.simulcast {
             ["q", "h", "f"]
                 .iter()

@@ -130,6 +130,8 @@ pub fn serve(args: ServeArgs) -> Result<(), LoadError> {
         };
         emit(&ServerMsg::Reply { id, ok, err });
     }
+    // What the data plane dropped (send queues full, socket buffers full).
+    eprintln!("sfu-load serve: {:?}", sfu.stats());
     sfu.shutdown();
     let _ = ev_thread.join();
     Ok(())
