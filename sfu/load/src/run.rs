@@ -162,11 +162,11 @@ fn start_publishers(
     Ok(ids)
 }
 
-fn secs(d: Duration) -> f64 {
+pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -185,15 +185,15 @@ pub struct DirectArgs {
 
 /// Totals over the subscribing clients.
 #[derive(Clone, Copy, Default, Debug)]
-struct RxTotals {
-    packets: u64,
-    expected: u64,
-    distinct: u64,
-    duplicates: u64,
-    bytes: u64,
+pub struct RxTotals {
+    pub packets: u64,
+    pub expected: u64,
+    pub distinct: u64,
+    pub duplicates: u64,
+    pub bytes: u64,
 }
 
-fn rx_totals(fleet: &Fleet, subs: &[u64]) -> RxTotals {
+pub fn rx_totals(fleet: &Fleet, subs: &[u64]) -> RxTotals {
     let mut t = RxTotals::default();
     for c in fleet
         .clients
@@ -209,7 +209,7 @@ fn rx_totals(fleet: &Fleet, subs: &[u64]) -> RxTotals {
     t
 }
 
-fn pub_sent(fleet: &Fleet) -> u64 {
+pub fn pub_sent(fleet: &Fleet) -> u64 {
     fleet
         .clients
         .iter()
