@@ -24,8 +24,9 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 use crate::mux::Tuple;
 use crate::Error;
 
-/// How long a subscriber's video packets stay answerable by NACK: well above
-/// a round trip plus the receiver's NACK delay on any usable link.
+/// How long a subscriber's video packets stay answerable by NACK: above a
+/// round trip plus the receiver's NACK delay on any usable link (libwebrtc
+/// retries about once per round trip).
 pub const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_millis(1000);
 /// At most this many per send stream (1 s of ~5 Mbit/s video); str0m's
 /// buffer grows only as far as the age needs, so low rates keep less.
@@ -187,11 +188,11 @@ impl Peer {
 
     /// Sizes the RTX cache of the send stream of `mid` (a subscriber's
     /// video down-track) to what answering NACKs needs: str0m's default
-    /// keeps 3 s (up to 2,000 packets) of 408-byte `RtpPacket`s per send
-    /// stream, i.e. per subscribed video track, most of which no NACK ever
-    /// asks for (a receiver NACKs within about one round trip, and
-    /// libwebrtc gives up on a packet long before 1 s). The payloads are
-    /// shared `Arc`s either way; the cost is the per-packet headers.
+    /// keeps 3 s (up to 2,000 packets) of 408-byte `RtpPacket` records per
+    /// send stream, i.e. per subscribed video track, and a receiver NACKs a
+    /// gap within about a round trip, so the old end of that was almost
+    /// never asked for. The payloads are shared `Arc`s either way; the cost
+    /// is the per-packet records.
     pub fn size_rtx_cache(&mut self, mid: Mid) {
         self.guard(|rtc| {
             if let Some(stream) = rtc.direct_api().stream_tx_by_mid(mid, None) {

@@ -263,6 +263,9 @@ enum Cmd {
         participants: usize,
         #[arg(long, default_value_t = 4.0)]
         settle: f64,
+        /// Subscribers do not negotiate transport-cc (see `direct`).
+        #[arg(long)]
+        no_twcc: bool,
     },
 }
 
@@ -413,6 +416,7 @@ fn main() -> ExitCode {
             publishers,
             participants,
             settle,
+            no_twcc,
         } => server.opts().and_then(|s| {
             run::memory(run::MemoryArgs {
                 server: s,
@@ -420,6 +424,7 @@ fn main() -> ExitCode {
                 participants,
                 spec: media.spec(),
                 settle: secs(settle),
+                twcc: !no_twcc,
             })
         }),
     };
