@@ -46,6 +46,14 @@ use std::time::Instant;
 /// 1 s of 4 Mbit/s video; a duplicate later than that is vanishingly rare).
 pub const SENT_HISTORY: usize = 512;
 
+/// What a `sent` slot holds for `out_ext`: which lap around the ring it is
+/// (the slot index gives the rest), plus one so that 0 means empty. Half the
+/// size of the number itself, for memory per down-track; laps 2^32 apart
+/// never meet in one session.
+fn sent_lap(out_ext: u64) -> u32 {
+    ((out_ext / SENT_HISTORY as u64) as u32).wrapping_add(1)
+}
+
 /// How many runs of dropped packets are remembered to map reordered packets.
 const DROP_RUNS: usize = 32;
 
@@ -221,9 +229,9 @@ pub struct DownTrack {
     resync: bool,
     segment: Option<Segment>,
     last_out: Option<LastOut>,
-    /// Extended output numbers sent, by number modulo the ring size; 0 is
-    /// empty (real numbers are at least [`EXT_BASE`]).
-    sent: Box<[u64; SENT_HISTORY]>,
+    /// Extended output numbers sent, by number modulo the ring size, as
+    /// [`sent_lap`]s; 0 is empty.
+    sent: Box<[u32; SENT_HISTORY]>,
 }
 
 impl DownTrack {
@@ -321,11 +329,12 @@ impl DownTrack {
         let out_ts = pkt.ts.wrapping_add(seg.ts_offset);
 
         let slot = &mut self.sent[(out_ext % SENT_HISTORY as u64) as usize];
-        if *slot == out_ext {
+        let lap = sent_lap(out_ext);
+        if *slot == lap {
             // Already sent (publisher retransmission or duplicate).
             return None;
         }
-        *slot = out_ext;
+        *slot = lap;
         if self.last_out.is_none_or(|l| out_ext > l.ext) {
             self.last_out = Some(LastOut {
                 ext: out_ext,

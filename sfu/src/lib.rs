@@ -74,7 +74,8 @@
 //!   `write_rtp(.. .nackable(true))` packet is, once sent, kept in the send
 //!   stream's `RtxCache` (a clone of the `RtpPacket`, whose payload is the
 //!   same `Arc<[u8]>`, so N subscribers do not multiply payload memory;
-//!   default 2000 packets / 3 s, `StreamTx::set_rtx_cache` changes it). An
+//!   str0m's default is 2000 packets / 3 s; video down-tracks get 1 s / 512
+//!   through `StreamTx::set_rtx_cache`, see `Peer::size_rtx_cache`). An
 //!   incoming RTCP NACK goes to `StreamTx::handle_nack`, which queues the
 //!   cached packets, and `poll_packet` resends them on the RTX SSRC and PT
 //!   with the original sequence number in front of the payload. str0m

@@ -24,6 +24,16 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, 
 use crate::mux::Tuple;
 use crate::Error;
 
+/// How long a subscriber's video packets stay answerable by NACK: above a
+/// round trip plus the receiver's NACK delay on any usable link (libwebrtc
+/// retries about once per round trip).
+pub const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_millis(1000);
+/// At most this many per send stream (1 s of ~5 Mbit/s video); str0m's
+/// buffer grows only as far as the age needs, so low rates keep less.
+pub const RTX_CACHE_PACKETS: usize = 512;
+/// str0m's default: resends beyond 15 % of the sent bytes are dropped.
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
+
 /// Which of a participant's two peer connections this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -185,6 +195,21 @@ impl Peer {
             pending_offer: None,
             tuples: Vec::new(),
         })
+    }
+
+    /// Sizes the RTX cache of the send stream of `mid` (a subscriber's
+    /// video down-track) to what answering NACKs needs: str0m's default
+    /// keeps 3 s (up to 2,000 packets) of 408-byte `RtpPacket` records per
+    /// send stream, i.e. per subscribed video track, and a receiver NACKs a
+    /// gap within about a round trip, so the old end of that was almost
+    /// never asked for. The payloads are shared `Arc`s either way; the cost
+    /// is the per-packet records.
+    pub fn size_rtx_cache(&mut self, mid: Mid) {
+        self.guard(|rtc| {
+            if let Some(stream) = rtc.direct_api().stream_tx_by_mid(mid, None) {
+                stream.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
+            }
+        });
     }
 
     pub fn is_failed(&self) -> bool {

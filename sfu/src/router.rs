@@ -548,6 +548,16 @@ impl Router {
                 }
             }
         }
+        let video: Vec<Mid> = opened
+            .iter()
+            .filter(|(_, source, _)| self.tracks.get(source).is_some_and(|t| t.kind == MediaKind::Video))
+            .map(|(mid, _, _)| *mid)
+            .collect();
+        if let Some(peer) = self.peer_mut(sid) {
+            for mid in video {
+                peer.size_rtx_cache(mid);
+            }
+        }
         for (_, source, rid) in opened {
             // A new subscriber can decode nothing until the next keyframe.
             self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);

@@ -27,6 +27,12 @@ use crate::LoadError;
 /// socket what the SFU delivered.
 const CLIENT_BUF: i32 = 4 << 20;
 
+/// The msid of a publisher's m-lines: signalling matches the track id to
+/// the `cid` of a `publish` (see PROTOCOL.md), so `ws` announces these.
+pub const STREAM_ID: &str = "load";
+pub const VIDEO_CID: &str = "load-video";
+pub const AUDIO_CID: &str = "load-audio";
+
 /// Whether arrival times come from the kernel (`SO_TIMESTAMPNS`).
 static KERNEL_RX_TIME: AtomicBool = AtomicBool::new(true);
 
@@ -258,10 +264,22 @@ impl Client {
             } else {
                 None
             };
-            video_mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim));
+            video_mid = Some(api.add_media(
+                MediaKind::Video,
+                Direction::SendOnly,
+                Some(STREAM_ID.into()),
+                Some(VIDEO_CID.into()),
+                sim,
+            ));
         }
         if spec.audio {
-            audio_mid = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            audio_mid = Some(api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(STREAM_ID.into()),
+                Some(AUDIO_CID.into()),
+                None,
+            ));
         }
         if video_mid.is_none() && audio_mid.is_none() {
             api.add_channel("load".into());

@@ -36,6 +36,8 @@ mod proto;
 mod run;
 mod serve;
 mod stats;
+mod token;
+mod ws;
 
 use media::MediaSpec;
 use run::ServerOpts;
@@ -223,6 +225,39 @@ enum Cmd {
         #[arg(long)]
         no_twcc: bool,
     },
+    /// N publishers and M subscribers through `rtc-server`'s WebSocket
+    /// signalling (started here on loopback unless --url is given).
+    Ws {
+        /// The `rtc-server` binary to start [default: next to this one].
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// A running server's HTTP address (with --api-key, --api-secret)
+        /// instead of starting one.
+        #[arg(long)]
+        url: Option<SocketAddr>,
+        #[arg(long, requires = "url")]
+        api_key: Option<String>,
+        #[arg(long, requires = "url")]
+        api_secret: Option<String>,
+        /// The running server's process id, for CPU and RSS from /proc.
+        #[arg(long, requires = "url")]
+        pid: Option<u32>,
+        #[command(flatten)]
+        media: MediaArgs,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        #[arg(long, default_value_t = 10)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 30.0)]
+        join_timeout: f64,
+        /// Clients do not negotiate transport-cc (see `direct`).
+        #[arg(long)]
+        no_twcc: bool,
+    },
     /// RSS per participant and per subscribed track.
     Memory {
         #[command(flatten)]
@@ -235,6 +270,9 @@ enum Cmd {
         participants: usize,
         #[arg(long, default_value_t = 4.0)]
         settle: f64,
+        /// Subscribers do not negotiate transport-cc (see `direct`).
+        #[arg(long)]
+        no_twcc: bool,
     },
 }
 
@@ -253,6 +291,31 @@ fn report(v: serde_json::Value) {
         }
     }
     println!("RESULT {v}");
+}
+
+fn ws_target(
+    server_bin: Option<PathBuf>,
+    url: Option<SocketAddr>,
+    api_key: Option<String>,
+    api_secret: Option<String>,
+    pid: Option<u32>,
+) -> Result<ws::Target, LoadError> {
+    if let Some(http) = url {
+        let (Some(api_key), Some(api_secret)) = (api_key, api_secret) else {
+            return Err(LoadError::Server("--url needs --api-key and --api-secret".into()));
+        };
+        return Ok(ws::Target::Attach {
+            http,
+            api_key,
+            api_secret,
+            pid,
+        });
+    }
+    let bin = match server_bin {
+        Some(b) => b,
+        None => std::env::current_exe()?.with_file_name("rtc-server"),
+    };
+    Ok(ws::Target::Spawn { bin })
 }
 
 fn main() -> ExitCode {
@@ -329,12 +392,38 @@ fn main() -> ExitCode {
                 twcc: !no_twcc,
             })
         }),
+        Cmd::Ws {
+            server_bin,
+            url,
+            api_key,
+            api_secret,
+            pid,
+            media,
+            publishers,
+            subscribers,
+            warmup,
+            seconds,
+            join_timeout,
+            no_twcc,
+        } => ws_target(server_bin, url, api_key, api_secret, pid).and_then(|target| {
+            ws::ws(ws::WsArgs {
+                target,
+                publishers,
+                subscribers,
+                spec: media.spec(),
+                warmup: secs(warmup),
+                seconds: secs(seconds),
+                join_timeout: secs(join_timeout),
+                twcc: !no_twcc,
+            })
+        }),
         Cmd::Memory {
             server,
             media,
             publishers,
             participants,
             settle,
+            no_twcc,
         } => server.opts().and_then(|s| {
             run::memory(run::MemoryArgs {
                 server: s,
@@ -342,6 +431,7 @@ fn main() -> ExitCode {
                 participants,
                 spec: media.spec(),
                 settle: secs(settle),
+                twcc: !no_twcc,
             })
         }),
     };

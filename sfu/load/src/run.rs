@@ -162,11 +162,11 @@ fn start_publishers(
     Ok(ids)
 }
 
-fn secs(d: Duration) -> f64 {
+pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -185,15 +185,15 @@ pub struct DirectArgs {
 
 /// Totals over the subscribing clients.
 #[derive(Clone, Copy, Default, Debug)]
-struct RxTotals {
-    packets: u64,
-    expected: u64,
-    distinct: u64,
-    duplicates: u64,
-    bytes: u64,
+pub struct RxTotals {
+    pub packets: u64,
+    pub expected: u64,
+    pub distinct: u64,
+    pub duplicates: u64,
+    pub bytes: u64,
 }
 
-fn rx_totals(fleet: &Fleet, subs: &[u64]) -> RxTotals {
+pub fn rx_totals(fleet: &Fleet, subs: &[u64]) -> RxTotals {
     let mut t = RxTotals::default();
     for c in fleet
         .clients
@@ -209,7 +209,7 @@ fn rx_totals(fleet: &Fleet, subs: &[u64]) -> RxTotals {
     t
 }
 
-fn pub_sent(fleet: &Fleet) -> u64 {
+pub fn pub_sent(fleet: &Fleet) -> u64 {
     fleet
         .clients
         .iter()
@@ -434,8 +434,10 @@ pub struct MemoryArgs {
     pub participants: usize,
     pub spec: MediaSpec,
     /// Time to let caches and buffers reach their steady size before a
-    /// reading (str0m's RTX cache spans 3 s).
+    /// reading (str0m's RTX cache spans up to 3 s).
     pub settle: Duration,
+    /// Subscribers negotiate transport-cc (see [`DirectArgs::twcc`]).
+    pub twcc: bool,
 }
 
 /// RSS per participant and per subscribed track: `publishers` publish
@@ -445,6 +447,7 @@ pub struct MemoryArgs {
 pub fn memory(a: MemoryArgs) -> Result<serde_json::Value, LoadError> {
     let mut server = a.server.spawn()?;
     let mut fleet = Fleet::default();
+    fleet.twcc = a.twcc;
     let mut tracks = Vec::new();
     start_publishers(&mut server, &mut fleet, &mut tracks, a.publishers, &a.spec)?;
     let published = tracks.clone();
@@ -500,6 +503,7 @@ pub fn memory(a: MemoryArgs) -> Result<serde_json::Value, LoadError> {
     let extra_tracks = (a.participants * t.saturating_sub(1)).max(1) as f64;
     let out = serde_json::json!({
         "scenario": "memory",
+        "twcc": a.twcc,
         "publishers": a.publishers,
         "tracks": t,
         "participants": a.participants,

@@ -46,3 +46,41 @@ fn direct_and_bare_forward_media() {
     assert!(b["forwarded_pps"].as_f64().unwrap() > 100.0, "{b}");
     assert_eq!(b["malformed"], 0);
 }
+
+/// `ws` against the real `rtc-server`: two subscribers join through the
+/// WebSocket signalling and receive the publisher's media. The server binary
+/// is the workspace's, built next to this one (`cargo test --workspace`
+/// builds it; `cargo build -p signalling --bin rtc-server` otherwise).
+#[test]
+fn ws_joins_through_signalling_and_forwards_media() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_sfu-load")).with_file_name("rtc-server");
+    if !bin.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is missing (CI must build it)",
+            bin.display()
+        );
+        eprintln!("skipped: {} not built", bin.display());
+        return;
+    }
+    let bin = bin.to_string_lossy().into_owned();
+    let w = result(&[
+        "ws",
+        "--server-bin",
+        &bin,
+        "--no-twcc",
+        "--subscribers",
+        "2",
+        "--warmup",
+        "0.5",
+        "--seconds",
+        "1",
+        "--video-kbps",
+        "300",
+    ]);
+    assert_eq!(w["joined"], 2, "{w}");
+    assert!(w["forwarded_pps"].as_f64().unwrap() > 100.0, "{w}");
+    assert!(w["join_ms_p50"].as_f64().unwrap() > 0.0, "{w}");
+    assert!(w["server_rss_kib"].as_u64().unwrap() > 0, "{w}");
+    assert_eq!(w["errors"], 0, "{w}");
+}
