@@ -75,6 +75,9 @@ pub struct Metrics {
     pub sfu_tcp_refused: IntCounter,
     /// ICE-TCP connections closed for sending nothing for a live peer.
     pub sfu_tcp_idle_closed: IntCounter,
+    /// Media packets the SFU dropped on the way out, by cause: a
+    /// subscriber's full send queue, a full socket buffer, a refused send.
+    pub sfu_dropped: IntCounterVec,
     relay: Option<relay::metrics::Metrics>,
 }
 
@@ -144,6 +147,12 @@ impl Metrics {
                 "rtc_sfu_tcp_idle_closed_total",
                 "ICE-TCP media connections closed for being idle.",
             ),
+            sfu_dropped: counter_vec(
+                &r,
+                "rtc_sfu_dropped_packets_total",
+                "Media packets the SFU dropped on the way out, by cause.",
+                "cause",
+            ),
             ws_connections: gauge(&r, "rtc_ws_connections", "Open signalling WebSockets."),
             ws_connections_total: counter(&r, "rtc_ws_connections_total", "Signalling WebSockets accepted."),
             messages_in: counter(&r, "rtc_signal_messages_in_total", "Signalling messages received."),
@@ -199,6 +208,18 @@ impl Metrics {
             (&self.sfu_tcp_refused, stats.refused),
             (&self.sfu_tcp_idle_closed, stats.idle_closed),
         ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Copies the SFU's outgoing drop counters (cumulative, read from the SFU).
+    pub fn update_sfu_drops(&self, stats: &sfu::SfuStats) {
+        for (cause, now) in [
+            ("queue_full", stats.queue_full_drops),
+            ("udp_would_block", stats.udp_would_block),
+            ("udp_send_failed", stats.udp_send_failed),
+        ] {
+            let counter = self.sfu_dropped.with_label_values(&[cause]);
             counter.inc_by(now.saturating_sub(counter.get()));
         }
     }
@@ -308,6 +329,26 @@ mod tests {
             "rtc_sfu_tcp_connections 1",
             "rtc_sfu_tcp_refused_total 5",
             "rtc_sfu_tcp_idle_closed_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn sfu_drop_counters_follow_the_sfu() {
+        let m = Metrics::new(None);
+        let stats = |queue_full_drops, udp_would_block| sfu::SfuStats {
+            queue_full_drops,
+            udp_would_block,
+            udp_send_failed: 0,
+        };
+        m.update_sfu_drops(&stats(4, 1));
+        m.update_sfu_drops(&stats(9, 1));
+        let text = m.render();
+        for line in [
+            "rtc_sfu_dropped_packets_total{cause=\"queue_full\"} 9",
+            "rtc_sfu_dropped_packets_total{cause=\"udp_would_block\"} 1",
+            "rtc_sfu_dropped_packets_total{cause=\"udp_send_failed\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -199,7 +199,7 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
         })
     });
 
-    // The SFU's ICE-TCP counters likewise.
+    // The SFU's ICE-TCP and drop counters likewise.
     let sfu_poller = {
         let (sfu, metrics) = (sfu.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -207,6 +207,7 @@ async fn serve(mut cfg: ServerConfig) -> Result<(), ServeError> {
             loop {
                 tick.tick().await;
                 metrics.update_sfu_tcp(&sfu.tcp_stats());
+                metrics.update_sfu_drops(&sfu.stats());
             }
         })
     };
