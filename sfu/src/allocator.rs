@@ -7,9 +7,14 @@
 //! lowest layer does not fit is paused rather than sent into congestion.
 //!
 //! A layer is a (simulcast, temporal) pair: temporal layers are the finer
-//! steps between simulcast layers (dropping them needs no keyframe), ordered
-//! simulcast first: (1, 0) is above (0, 2). A track without temporal
-//! layering has only temporal layer 0 in its table.
+//! steps between simulcast layers (dropping them needs no keyframe). One
+//! simulcast step (half the width and height) counts as much as two
+//! temporal steps (a quarter of the frame rate), except that a simulcast
+//! layer's base rate alone ranks below the half rate of the layer under it:
+//! 720p at 7.5 fps is a worse picture than 360p at 15 or 30 fps, and moving
+//! there costs a keyframe. So the order runs (0, 2) < (2, 0) < (1, 1) <
+//! (1, 2) < (2, 1). A track without temporal layering has only temporal
+//! layer 0 in its table, so its order is the simulcast order.
 //!
 //! Upgrading a video above the layer it currently forwards costs the layer's
 //! bitrate plus 20% headroom ([`crate::simulcast::with_headroom`]), so a
@@ -35,13 +40,36 @@ pub fn spatial_only(layers: [Option<u64>; MAX_LAYERS]) -> LayerRates {
     t
 }
 
+const PAIRS: usize = MAX_LAYERS * MAX_TEMPORAL;
+
+/// Every (simulcast, temporal) pair, worst first (see the module docs).
+fn quality_order() -> [(u8, u8); PAIRS] {
+    let mut order = [(0u8, 0u8); PAIRS];
+    for (i, p) in order.iter_mut().enumerate() {
+        *p = ((i / MAX_TEMPORAL) as u8, (i % MAX_TEMPORAL) as u8);
+    }
+    // Twice the quality score: a temporal step is 2, a simulcast step 4,
+    // except that a layer's base rate (a quarter of the frames or fewer)
+    // scores just above the full-rate pairs two below it: a switch there
+    // costs a keyframe and gives a worse picture than the layer under it.
+    order.sort_by_key(|&(s, t)| {
+        let (s, t) = (i32::from(s), i32::from(t));
+        let score = if s > 0 && t == 0 { 4 * s - 3 } else { 4 * s + 2 * t };
+        (score, t)
+    });
+    order
+}
+
 /// Position of a (simulcast, temporal) pair in the quality order.
 fn rank(spatial: u8, temporal: u8) -> usize {
-    usize::from(spatial) * MAX_TEMPORAL + usize::from(temporal)
+    quality_order()
+        .iter()
+        .position(|&p| p == (spatial, temporal))
+        .unwrap_or(0)
 }
 
 fn pair(rank: usize) -> (u8, u8) {
-    ((rank / MAX_TEMPORAL) as u8, (rank % MAX_TEMPORAL) as u8)
+    quality_order()[rank.min(PAIRS - 1)]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,10 +158,10 @@ fn rate(track: &TrackDemand, rank: usize) -> Option<u64> {
     track.layers[usize::from(s)][usize::from(t)]
 }
 
-/// Ranks at or below the track's cap.
-fn ranks(track: &TrackDemand) -> std::ops::RangeInclusive<usize> {
+/// Ranks of the pairs at or below the track's simulcast cap, worst first.
+fn ranks(track: &TrackDemand) -> impl DoubleEndedIterator<Item = usize> {
     let cap = track.max_layer.min(MAX_LAYERS as u8 - 1);
-    0..=rank(cap, MAX_TEMPORAL as u8 - 1)
+    (0..PAIRS).filter(move |&r| pair(r).0 <= cap)
 }
 
 /// Best (simulcast, temporal) pair at or below the track's cap that costs
@@ -145,11 +173,16 @@ fn best_layer(track: &TrackDemand, budget: u64) -> Option<((u8, u8), u64)> {
     })
 }
 
-/// The next pair above `layer` (or the lowest when `None`) the track may use.
+/// The next pair above `layer` (or the lowest when `None`) the track may
+/// use, what a probe aims for. A temporally layered track's base rates
+/// above simulcast layer 0 are skipped: they rank between full-rate pairs
+/// but cost far more, so probing for one would overshoot.
 fn next_layer(track: &TrackDemand, layer: Option<(u8, u8)>) -> Option<((u8, u8), u64)> {
     let from = layer.map_or(0, |(s, t)| rank(s, t) + 1);
+    let layered = track.layers.iter().any(|row| row[1].is_some());
     ranks(track)
         .filter(|r| *r >= from)
+        .filter(|&r| !(layered && matches!(pair(r), (s, 0) if s > 0)))
         .find_map(|r| rate(track, r).map(|b| (pair(r), cost(b, r, track.current))))
 }
 
@@ -434,18 +467,22 @@ mod tests {
             (chosen(&out[0]), out[0].budget_bps, summary.probe_bps)
         };
         // Between simulcast layers 0 (150k) and 1 (500k at full rate):
-        // layer 1 at a lower frame rate.
+        // layer 1 at half its frame rate, probing for its full rate.
         assert_eq!(at(350_000, Some((1, 1))), (Some((1, 1)), 300_000, Some(600_000)));
-        assert_eq!(at(250_000, Some((1, 1))), (Some((1, 0)), 200_000, None));
-        // Below layer 1's base: layer 0 at full rate, then its base layer.
-        assert_eq!(at(190_000, Some((0, 2))), (Some((0, 2)), 150_000, Some(240_000)));
+        // Layer 1's base rate alone ranks below layer 0 at full rate, so
+        // 250k gives layer 0 smooth, not layer 1 at 7.5 fps.
+        assert_eq!(at(250_000, Some((1, 1))), (Some((0, 2)), 150_000, None));
+        // Probes skip base rates: from (0, 2) the next aim is (1, 1).
+        assert_eq!(at(190_000, Some((0, 2))), (Some((0, 2)), 150_000, Some(360_000)));
         assert_eq!(at(70_000, Some((0, 0))), (Some((0, 0)), 60_000, Some(108_000)));
         // Nothing fits: paused (no probe while the pause takes effect).
         assert_eq!(at(50_000, Some((0, 0))), (None, 0, None));
         assert_eq!(at(50_000, None), (None, 0, Some(60_000)));
-        // Upgrades pay the headroom: 1.2 x 600k for (2, 0) from (1, 2).
-        assert_eq!(at(700_000, Some((1, 2))).0, Some((1, 2)));
-        assert_eq!(at(720_000, Some((1, 2))).0, Some((2, 0)));
+        // Layer 1 at full rate beats layer 2's base rate: from (1, 2) the
+        // next step is (2, 1), and upgrades pay the headroom.
+        assert_eq!(at(1_000_000, Some((1, 2))), (Some((1, 2)), 500_000, Some(1_080_000)));
+        assert_eq!(at(1_100_000, Some((1, 2))).0, Some((2, 1)));
+        assert_eq!(at(650_000, Some((1, 1))), (Some((1, 2)), 600_000, None));
         // A frame rate cap removes the upper temporal layers.
         let mut capped = layered(Some((2, 0)));
         for row in capped.layers.iter_mut() {

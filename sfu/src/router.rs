@@ -1514,7 +1514,7 @@ impl Router {
     }
 
     /// Dynacast: for each simulcast track, the layers some subscriber is
-    /// forwarded or headed for. A layer nobody needed for
+    /// forwarded or headed for, and those below them. A layer nobody needed for
     /// [`DYNACAST_DELAY`] is announced unwanted (the publisher can stop
     /// encoding it); a layer needed again is announced on the next tick.
     /// Control rate, not the packet path.
@@ -1538,7 +1538,13 @@ impl Router {
                 // toward it could only succeed on the default price and the
                 // publisher would restart it only once allocated.
                 for rid in [d.target, d.current, d.pinned].into_iter().flatten() {
-                    want |= 1 << layer_of(&t.rids, Some(rid));
+                    // That layer and every one below it: the lower ones
+                    // cost the publisher little, and a subscriber whose
+                    // link drops can move down to one at its next keyframe
+                    // instead of waiting for the publisher to restart it
+                    // (or starving on the top layer's base frame rate).
+                    let l = layer_of(&t.rids, Some(rid));
+                    want |= ((1u16 << (l + 1)) - 1) as u8;
                 }
             }
             let mut next = t.announced;
