@@ -55,6 +55,29 @@ pub fn require_tool(tool: &str) -> bool {
     false
 }
 
+/// An npm package of tests/browser (installed by `npm ci` there, which
+/// tests/run does), or a skip (outside CI) / failure (in CI).
+pub fn require_node_module(name: &str) -> bool {
+    let dir = workspace_root().join("tests/browser/node_modules").join(name);
+    if dir.is_dir() {
+        return true;
+    }
+    let msg = format!(
+        "{} is missing: run `npm ci` in tests/browser (tests/run does)",
+        dir.display()
+    );
+    if in_ci() {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+    false
+}
+
+/// Chromium, node, ip and playwright-core: what every browser test needs.
+pub fn require_chromium_stack() -> bool {
+    require_tool("chromium") && require_tool("node") && require_tool("ip") && require_node_module("playwright-core")
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())

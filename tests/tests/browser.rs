@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::{
-    in_ci, require_tool, rtc_relay_credentials, run_with_timeout, unix_now, workspace_root, Credentials, Impl, NetNs,
-    RunningServer, ServerOpts,
+    require_chromium_stack, rtc_relay_credentials, run_with_timeout, unix_now, workspace_root, Credentials, Impl,
+    NetNs, RunningServer, ServerOpts,
 };
 use serde_json::{json, Value};
 
@@ -18,22 +18,7 @@ const SECRET: &str = "browser-secret";
 
 /// Everything the browser test needs, or a skip (outside CI) / failure (in CI).
 fn prerequisites() -> bool {
-    if !(require_tool("chromium") && require_tool("node") && require_tool("ip")) {
-        return false;
-    }
-    let pw = workspace_root().join("tests/browser/node_modules/playwright-core");
-    if !pw.is_dir() {
-        let msg = format!(
-            "{} is missing: run `npm ci` in tests/browser (tests/run does)",
-            pw.display()
-        );
-        if in_ci() {
-            panic!("{msg}");
-        }
-        eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-        return false;
-    }
-    true
+    require_chromium_stack()
 }
 
 fn call(transport: &str) -> Value {

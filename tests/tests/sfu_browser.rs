@@ -15,7 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use e2e::{artifacts_dir, in_ci, require_tool, run_with_timeout, unix_now, workspace_root, NetNs};
+use e2e::{
+    artifacts_dir, require_chromium_stack, require_node_module, require_tool, run_with_timeout, unix_now,
+    workspace_root, NetNs,
+};
 use serde_json::{json, Value};
 use signalling::auth::{Grants, TokenRequest};
 
@@ -26,42 +29,12 @@ const TURN_PORT: u16 = 3478;
 
 /// Chromium, node, ip and playwright-core, or a skip (outside CI) / failure (in CI).
 fn prerequisites() -> bool {
-    if !(require_tool("chromium") && require_tool("node") && require_tool("ip")) {
-        return false;
-    }
-    let pw = workspace_root().join("tests/browser/node_modules/playwright-core");
-    if !pw.is_dir() {
-        let msg = format!(
-            "{} is missing: run `npm ci` in tests/browser (tests/run does)",
-            pw.display()
-        );
-        if in_ci() {
-            panic!("{msg}");
-        }
-        eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-        return false;
-    }
-    true
+    require_chromium_stack()
 }
 
 /// Also Firefox (Debian's firefox-esr) and puppeteer-core, which drives it.
 fn firefox_prerequisites() -> bool {
-    if !(prerequisites() && require_tool("firefox-esr")) {
-        return false;
-    }
-    let pp = workspace_root().join("tests/browser/node_modules/puppeteer-core");
-    if !pp.is_dir() {
-        let msg = format!(
-            "{} is missing: run `npm ci` in tests/browser (tests/run does)",
-            pp.display()
-        );
-        if in_ci() {
-            panic!("{msg}");
-        }
-        eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-        return false;
-    }
-    true
+    prerequisites() && require_tool("firefox-esr") && require_node_module("puppeteer-core")
 }
 
 /// `target/debug/rtc-server`, which `cargo build --workspace --bins` (tests/run) builds.
