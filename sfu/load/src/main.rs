@@ -153,6 +153,42 @@ impl ServerArgs {
     }
 }
 
+/// N publishers fanned out to M subscribers (`direct` and `ws`).
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    #[command(flatten)]
+    media: MediaArgs,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 30.0)]
+    join_timeout: f64,
+    /// Subscribers do not negotiate transport-cc: the SFU's estimate
+    /// stays at its initial value, so nothing is paused for bandwidth
+    /// (measures the cost of forwarding everything).
+    #[arg(long)]
+    no_twcc: bool,
+}
+
+impl FanoutArgs {
+    fn fanout(&self) -> run::Fanout {
+        run::Fanout {
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            spec: self.media.spec(),
+            warmup: secs(self.warmup),
+            seconds: secs(self.seconds),
+            join_timeout: secs(self.join_timeout),
+            twcc: !self.no_twcc,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// The SFU alone in this process, controlled by JSON lines on stdin.
@@ -171,22 +207,7 @@ enum Cmd {
         #[command(flatten)]
         server: ServerArgs,
         #[command(flatten)]
-        media: MediaArgs,
-        #[arg(long, default_value_t = 1)]
-        publishers: usize,
-        #[arg(long, default_value_t = 10)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 3.0)]
-        warmup: f64,
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 30.0)]
-        join_timeout: f64,
-        /// Subscribers do not negotiate transport-cc: the SFU's estimate
-        /// stays at --initial-estimate-bps, so nothing is paused for
-        /// bandwidth (measures the cost of forwarding everything).
-        #[arg(long)]
-        no_twcc: bool,
+        fanout: FanoutArgs,
     },
     /// The bare recvmmsg/sendmmsg fan-out forwarder with the same load.
     Bare {
@@ -243,20 +264,7 @@ enum Cmd {
         #[arg(long, requires = "url")]
         pid: Option<u32>,
         #[command(flatten)]
-        media: MediaArgs,
-        #[arg(long, default_value_t = 1)]
-        publishers: usize,
-        #[arg(long, default_value_t = 10)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 3.0)]
-        warmup: f64,
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 30.0)]
-        join_timeout: f64,
-        /// Clients do not negotiate transport-cc (see `direct`).
-        #[arg(long)]
-        no_twcc: bool,
+        fanout: FanoutArgs,
     },
     /// RSS per participant and per subscribed track.
     Memory {
@@ -341,25 +349,10 @@ fn main() -> ExitCode {
             };
         }
         Cmd::BareForward { subs, max_seconds } => bare::forward(&subs, max_seconds).map(|()| serde_json::Value::Null),
-        Cmd::Direct {
-            server,
-            media,
-            publishers,
-            subscribers,
-            warmup,
-            seconds,
-            join_timeout,
-            no_twcc,
-        } => server.opts().and_then(|s| {
+        Cmd::Direct { server, fanout } => server.opts().and_then(|s| {
             run::direct(run::DirectArgs {
                 server: s,
-                publishers,
-                subscribers,
-                spec: media.spec(),
-                warmup: secs(warmup),
-                seconds: secs(seconds),
-                join_timeout: secs(join_timeout),
-                twcc: !no_twcc,
+                fanout: fanout.fanout(),
             })
         }),
         Cmd::Bare {
@@ -398,23 +391,11 @@ fn main() -> ExitCode {
             api_key,
             api_secret,
             pid,
-            media,
-            publishers,
-            subscribers,
-            warmup,
-            seconds,
-            join_timeout,
-            no_twcc,
+            fanout,
         } => ws_target(server_bin, url, api_key, api_secret, pid).and_then(|target| {
             ws::ws(ws::WsArgs {
                 target,
-                publishers,
-                subscribers,
-                spec: media.spec(),
-                warmup: secs(warmup),
-                seconds: secs(seconds),
-                join_timeout: secs(join_timeout),
-                twcc: !no_twcc,
+                fanout: fanout.fanout(),
             })
         }),
         Cmd::Memory {

@@ -172,6 +172,11 @@ pub fn ms(d: Duration) -> f64 {
 
 pub struct DirectArgs {
     pub server: ServerOpts,
+    pub fanout: Fanout,
+}
+
+/// N publishers fanned out to M subscribers: what `direct` and `ws` share.
+pub struct Fanout {
     pub publishers: usize,
     pub subscribers: usize,
     pub spec: MediaSpec,
@@ -219,8 +224,13 @@ pub fn pub_sent(fleet: &Fleet) -> u64 {
 }
 
 /// N publishers fanned out to M subscribers through the SFU.
-pub fn direct(a: DirectArgs) -> Result<serde_json::Value, LoadError> {
-    let mut server = a.server.spawn()?;
+pub fn direct(
+    DirectArgs {
+        server: opts,
+        fanout: a,
+    }: DirectArgs,
+) -> Result<serde_json::Value, LoadError> {
+    let mut server = opts.spawn()?;
     let mut fleet = Fleet::default();
     let mut tracks = Vec::new();
     eprintln!("server pid {} media {}", server.pid, server.media);
@@ -288,7 +298,7 @@ pub fn direct(a: DirectArgs) -> Result<serde_json::Value, LoadError> {
         "publishers": a.publishers,
         "subscribers": a.subscribers,
         "tracks": published.len(),
-        "shards": a.server.shards,
+        "shards": opts.shards,
         "twcc": a.twcc,
         "simulcast": a.spec.layers.len() > 1,
         "seconds": wall,
@@ -436,7 +446,7 @@ pub struct MemoryArgs {
     /// Time to let caches and buffers reach their steady size before a
     /// reading (str0m's RTX cache spans up to 3 s).
     pub settle: Duration,
-    /// Subscribers negotiate transport-cc (see [`DirectArgs::twcc`]).
+    /// Subscribers negotiate transport-cc (see [`Fanout::twcc`]).
     pub twcc: bool,
 }
 

@@ -19,7 +19,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::client::{Client, Fleet, AUDIO_CID, VIDEO_CID};
 use crate::media::MediaSpec;
-use crate::run::{ms, pub_sent, rx_totals, secs, SHARD_PREFIX};
+use crate::run::{ms, pub_sent, rx_totals, secs, Fanout, SHARD_PREFIX};
 use crate::stats::{percentiles, CpuSnap};
 use crate::token;
 use crate::LoadError;
@@ -41,13 +41,7 @@ pub enum Target {
 
 pub struct WsArgs {
     pub target: Target,
-    pub publishers: usize,
-    pub subscribers: usize,
-    pub spec: MediaSpec,
-    pub warmup: Duration,
-    pub seconds: Duration,
-    pub join_timeout: Duration,
-    pub twcc: bool,
+    pub fanout: Fanout,
 }
 
 /// A started `rtc-server`; killed when dropped.
@@ -290,9 +284,9 @@ fn publish_entries(spec: &MediaSpec) -> Vec<serde_json::Value> {
     v
 }
 
-pub fn ws(a: WsArgs) -> Result<serde_json::Value, LoadError> {
+pub fn ws(WsArgs { target, fanout: a }: WsArgs) -> Result<serde_json::Value, LoadError> {
     let secret = random_secret()?;
-    let (_spawned, http, key, secret, pid) = match &a.target {
+    let (_spawned, http, key, secret, pid) = match &target {
         Target::Spawn { bin } => {
             let (s, http) = spawn(bin, "load", &secret)?;
             let pid = s.child.id();
