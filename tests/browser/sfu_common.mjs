@@ -39,6 +39,7 @@ export async function launch(kind = cfg.browser ?? 'chromium') {
       '--use-fake-ui-for-media-stream',
       '--allow-loopback-in-peer-connection',
       '--autoplay-policy=no-user-gesture-required',
+      ...(cfg.chromiumArgs ?? []),
     ],
   });
 }
@@ -89,6 +90,67 @@ export async function newPage(browser, name, viewport = { width: 960, height: 60
   page.on('console', (m) => logs.push(`${name}: ${m.type()} ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`${name}: pageerror ${e.message}`));
   return page;
+}
+
+/**
+ * Makes every RTCPeerConnection the page creates relay-only, with only the
+ * ICE server URLs of `scheme` ("turn" or "turns") and, if given,
+ * `transport` ("udp" or "tcp"): a client behind a firewall that lets
+ * nothing but one kind of TURN connection out. Call before the page loads.
+ */
+export async function forceRelay(page, { scheme, transport = null }) {
+  const init = ({ scheme, transport }) => {
+    const keep = (u) => u.startsWith(`${scheme}:`) && (!transport || u.includes(`transport=${transport}`));
+    const Native = window.RTCPeerConnection;
+    const relay = (c) => ({
+      ...(c ?? {}),
+      iceTransportPolicy: 'relay',
+      iceServers: (c?.iceServers ?? [])
+        .map((s) => ({ ...s, urls: [].concat(s.urls ?? []).filter(keep) }))
+        .filter((s) => s.urls.length),
+    });
+    window.RTCPeerConnection = class extends Native {
+      constructor(c, ...rest) {
+        super(relay(c), ...rest);
+      }
+      setConfiguration(c) {
+        return super.setConfiguration(relay(c));
+      }
+    };
+  };
+  // playwright: addInitScript(fn, arg); puppeteer: evaluateOnNewDocument(fn, arg).
+  if (page.addInitScript) await page.addInitScript(init, { scheme, transport });
+  else await page.evaluateOnNewDocument(init, { scheme, transport });
+}
+
+/**
+ * The selected candidate pair of the demo room's publisher and subscriber
+ * connections (`{pub, sub}`), and the ICE server URLs they were given.
+ */
+export async function selectedPairs(page) {
+  return page.evaluate(async () => {
+    const selected = async (pc) => {
+      if (!pc) return null;
+      const stats = await pc.getStats();
+      const byId = new Map();
+      stats.forEach((s) => byId.set(s.id, s));
+      let pair;
+      stats.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = byId.get(s.selectedCandidatePairId);
+      });
+      if (!pair) return null;
+      const pick = (c) =>
+        c && { type: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol ?? null, address: c.address, port: c.port, url: c.url ?? null };
+      return { state: pair.state, local: pick(byId.get(pair.localCandidateId)), remote: pick(byId.get(pair.remoteCandidateId)) };
+    };
+    const room = window.rtcDemo.room;
+    const urls = (pc) => (pc ? pc.getConfiguration().iceServers.flatMap((s) => [].concat(s.urls)) : null);
+    return {
+      pub: await selected(room._pub),
+      sub: await selected(room._sub),
+      urls: { pub: urls(room._pub), sub: urls(room._sub) },
+    };
+  });
 }
 
 /** The demo page URL for `params` (room, identity, token, camera, mic, simulcast...). */

@@ -90,6 +90,13 @@ pub fn workspace_root() -> PathBuf {
 
 /// The `rtc-relay` debug binary that `tests/run` builds first.
 pub fn rtc_relay_bin() -> PathBuf {
+    debug_bin("rtc-relay", "relay")
+}
+
+/// `target/debug/<name>` (or under `$CARGO_TARGET_DIR`), built by tests/run's
+/// `cargo build --workspace --bins` before the tests run; `package` is for
+/// the message that says how to build it by hand.
+pub fn debug_bin(name: &str, package: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
@@ -98,13 +105,23 @@ pub fn rtc_relay_bin() -> PathBuf {
     } else {
         target
     };
-    let bin = target.join("debug").join("rtc-relay");
+    let bin = target.join("debug").join(name);
     assert!(
         bin.is_file(),
-        "{} does not exist: build it first with `cargo build -p relay --bin rtc-relay` (tests/run does)",
+        "{} does not exist: build it first with `cargo build -p {package} --bin {name}` (tests/run does)",
         bin.display()
     );
     bin
+}
+
+/// A self-signed certificate for `localhost` and its key, as PEM files in
+/// `dir`: `(cert, key)`.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    (cert, key)
 }
 
 /// Where server logs and other artifacts of a run go.

@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    artifacts_dir, require_chromium_stack, require_node_module, require_tool, run_with_timeout, unix_now,
-    workspace_root, NetNs,
+    artifacts_dir, debug_bin, require_chromium_stack, require_node_module, require_tool, run_with_timeout,
+    self_signed_cert, unix_now, workspace_root, NetNs,
 };
 use serde_json::{json, Value};
 use signalling::auth::{Grants, TokenRequest};
@@ -26,6 +26,7 @@ use signalling::auth::{Grants, TokenRequest};
 const HTTP_PORT: u16 = 8080;
 const MEDIA_PORT: u16 = 7882;
 const TURN_PORT: u16 = 3478;
+const TURN_TLS_PORT: u16 = 5349;
 
 /// Chromium, node, ip and playwright-core, or a skip (outside CI) / failure (in CI).
 fn prerequisites() -> bool {
@@ -35,25 +36,6 @@ fn prerequisites() -> bool {
 /// Also Firefox (Debian's firefox-esr) and puppeteer-core, which drives it.
 fn firefox_prerequisites() -> bool {
     prerequisites() && require_tool("firefox-esr") && require_node_module("puppeteer-core")
-}
-
-/// `target/debug/rtc-server`, which `cargo build --workspace --bins` (tests/run) builds.
-fn rtc_server_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let target = if target.is_relative() {
-        workspace_root().join(target)
-    } else {
-        target
-    };
-    let bin = target.join("debug").join("rtc-server");
-    assert!(
-        bin.is_file(),
-        "{} does not exist: build it first with `cargo build -p signalling --bins` (tests/run does)",
-        bin.display()
-    );
-    bin
 }
 
 /// rtc-server in development mode inside its own namespace; both go on drop.
@@ -75,13 +57,18 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 impl Server {
     fn start(tag: &str) -> Server {
+        Server::start_with(tag, &[])
+    }
+
+    /// `start` with more command-line flags for rtc-server.
+    fn start_with(tag: &str, extra: &[&str]) -> Server {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let ns = NetNs::create();
         let log = artifacts_dir().join(format!("rtc-server-{tag}-{}.log", ns.name));
         let out = File::create(&log).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
-            .arg(rtc_server_bin())
+            .arg(debug_bin("rtc-server", "signalling"))
             .args([
                 "--http-listen",
                 &format!("127.0.0.1:{HTTP_PORT}"),
@@ -94,6 +81,7 @@ impl Server {
                 // The peers of the relay test are on 127.0.0.1 too.
                 "--turn-allow-loopback-peers",
             ])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -277,6 +265,66 @@ fn relay_only_call_through_embedded_turn() {
     }
     assert_eq!(v["connectionState"]["pc1"], "connected", "{v:#}");
     assert_eq!(v["connectionState"]["pc2"], "connected", "{v:#}");
+}
+
+/// A client whose firewall lets only TURN out reaches the SFU through the
+/// embedded relay: ann publishes over TURN/TLS only, ben subscribes over
+/// TURN/TCP only, both relay-only. Ben decodes ann's camera, and every
+/// selected pair is a relay candidate allocated over that protocol.
+#[test]
+fn sfu_reached_through_turn_over_tls_and_tcp_only() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = artifacts_dir().join(format!("turn-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed_cert(&dir);
+    let tls_listen = format!("127.0.0.1:{TURN_TLS_PORT}");
+    let mut server = Server::start_with(
+        "turn-tls",
+        &[
+            "--turn-tls-listen",
+            &tls_listen,
+            "--turn-tls-cert",
+            cert.to_str().unwrap(),
+            "--turn-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let v = server.run(
+        "sfu_turn.mjs",
+        // Chromium checks a TURN server's certificate (without this flag the
+        // TLS allocation fails and the test with it); ours is self-signed.
+        json!({ "room": "turn-only", "timeoutMs": 40000, "chromiumArgs": ["--ignore-certificate-errors"] }),
+    );
+    assert!(
+        u64_at(&v, "/after/framesDecoded") >= 30,
+        "ben does not decode ann's camera: {v:#}"
+    );
+    for (page, want_proto, want_url) in [
+        ("ann", "tls", format!("turns:127.0.0.1:{TURN_TLS_PORT}?transport=tcp")),
+        ("ben", "tcp", format!("turn:127.0.0.1:{TURN_PORT}?transport=tcp")),
+    ] {
+        // ann has only a publisher connection (she subscribes to nobody's
+        // media, but the SDK may still open one); ben subscribes.
+        let pcs: &[&str] = if page == "ann" { &["pub"] } else { &["sub"] };
+        for pc in pcs {
+            let pair = &v["pairs"][page][pc];
+            assert!(pair.is_object(), "{page}/{pc} has no selected pair: {v:#}");
+            assert_eq!(pair["local"]["type"], "relay", "{page}/{pc} not relayed: {v:#}");
+            assert_eq!(
+                pair["local"]["relayProtocol"], want_proto,
+                "{page}/{pc} relay protocol: {v:#}"
+            );
+            assert_eq!(pair["local"]["url"], want_url.as_str(), "{page}/{pc} relay URL: {v:#}");
+        }
+        let urls = v["pairs"][page]["urls"].to_string();
+        assert!(
+            !urls.contains("transport=udp"),
+            "{page} was given a UDP TURN URL: {v:#}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Test 2: three participants in one room through the SFU: each page
