@@ -32,8 +32,8 @@
 //! always advanced by at least one tick so timestamps never go backwards.
 //!
 //! # Duplicates and NACKs
-//! Every forwarded packet's extended output number is recorded in a fixed
-//! ring, so a packet that arrives twice (a publisher retransmission of one
+//! Every forwarded packet's extended output number is recorded in a sliding
+//! bitmap ([`SentWindow`]), so a packet that arrives twice (a publisher retransmission of one
 //! already received, a duplicate on the path) is sent once. NACKs from the
 //! subscriber need nothing here: str0m answers them from the send stream's
 //! own RTX cache of what was written (see the crate documentation).
@@ -42,17 +42,7 @@
 
 use std::time::Instant;
 
-/// How many forwarded packets are remembered to suppress duplicates (about
-/// 1 s of 4 Mbit/s video; a duplicate later than that is vanishingly rare).
-pub const SENT_HISTORY: usize = 512;
-
-/// What a `sent` slot holds for `out_ext`: which lap around the ring it is
-/// (the slot index gives the rest), plus one so that 0 means empty. Half the
-/// size of the number itself, for memory per down-track; laps 2^32 apart
-/// never meet in one session.
-fn sent_lap(out_ext: u64) -> u32 {
-    ((out_ext / SENT_HISTORY as u64) as u32).wrapping_add(1)
-}
+use crate::sent_window::SentWindow;
 
 /// How many runs of dropped packets are remembered to map reordered packets.
 const DROP_RUNS: usize = 32;
@@ -229,9 +219,8 @@ pub struct DownTrack {
     resync: bool,
     segment: Option<Segment>,
     last_out: Option<LastOut>,
-    /// Extended output numbers sent, by number modulo the ring size, as
-    /// [`sent_lap`]s; 0 is empty.
-    sent: Box<[u32; SENT_HISTORY]>,
+    /// Extended output numbers recently sent.
+    sent: SentWindow,
 }
 
 impl DownTrack {
@@ -245,7 +234,7 @@ impl DownTrack {
             resync: true,
             segment: None,
             last_out: None,
-            sent: Box::new([0; SENT_HISTORY]),
+            sent: SentWindow::default(),
         }
     }
 
@@ -328,13 +317,10 @@ impl DownTrack {
         let out_ext = in_ext.wrapping_add(seg.seq_offset).wrapping_sub(dropped_before);
         let out_ts = pkt.ts.wrapping_add(seg.ts_offset);
 
-        let slot = &mut self.sent[(out_ext % SENT_HISTORY as u64) as usize];
-        let lap = sent_lap(out_ext);
-        if *slot == lap {
+        if !self.sent.insert(out_ext) {
             // Already sent (publisher retransmission or duplicate).
             return None;
         }
-        *slot = lap;
         if self.last_out.is_none_or(|l| out_ext > l.ext) {
             self.last_out = Some(LastOut {
                 ext: out_ext,

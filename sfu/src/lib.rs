@@ -128,6 +128,7 @@ pub mod answer_order;
 pub mod codec;
 pub mod downtrack;
 pub mod red;
+pub mod sent_window;
 pub mod simulcast;
 pub mod speaker;
 pub mod temporal;
