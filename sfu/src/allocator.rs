@@ -42,34 +42,67 @@ pub fn spatial_only(layers: [Option<u64>; MAX_LAYERS]) -> LayerRates {
 
 const PAIRS: usize = MAX_LAYERS * MAX_TEMPORAL;
 
-/// Every (simulcast, temporal) pair, worst first (see the module docs).
-fn quality_order() -> [(u8, u8); PAIRS] {
-    let mut order = [(0u8, 0u8); PAIRS];
-    for (i, p) in order.iter_mut().enumerate() {
-        *p = ((i / MAX_TEMPORAL) as u8, (i % MAX_TEMPORAL) as u8);
-    }
-    // Twice the quality score: a temporal step is 2, a simulcast step 4,
-    // except that a layer's base rate (a quarter of the frames or fewer)
-    // scores just above the full-rate pairs two below it: a switch there
-    // costs a keyframe and gives a worse picture than the layer under it.
-    order.sort_by_key(|&(s, t)| {
-        let (s, t) = (i32::from(s), i32::from(t));
-        let score = if s > 0 && t == 0 { 4 * s - 3 } else { 4 * s + 2 * t };
-        (score, t)
-    });
-    order
+/// Twice the quality score of a pair, ties broken by temporal layer: a
+/// temporal step is 2, a simulcast step 4, except that a layer's base rate (a
+/// quarter of the frames or fewer) scores just above the full-rate pairs two
+/// below it: a switch there costs a keyframe and gives a worse picture than
+/// the layer under it.
+const fn score(s: u8, t: u8) -> (i32, i32) {
+    let (s, t) = (s as i32, t as i32);
+    let score = if s > 0 && t == 0 { 4 * s - 3 } else { 4 * s + 2 * t };
+    (score, t)
 }
 
-/// Position of a (simulcast, temporal) pair in the quality order.
+/// Every (simulcast, temporal) pair, worst first (see the module docs),
+/// built once at compile time (a stable insertion sort by [`score`]).
+const QUALITY_ORDER: [(u8, u8); PAIRS] = {
+    let mut order = [(0u8, 0u8); PAIRS];
+    let mut i = 0;
+    while i < PAIRS {
+        order[i] = ((i / MAX_TEMPORAL) as u8, (i % MAX_TEMPORAL) as u8);
+        i += 1;
+    }
+    let mut i = 1;
+    while i < PAIRS {
+        let mut j = i;
+        while j > 0 {
+            let (a, b) = (score(order[j - 1].0, order[j - 1].1), score(order[j].0, order[j].1));
+            if a.0 < b.0 || (a.0 == b.0 && a.1 <= b.1) {
+                break;
+            }
+            let tmp = order[j - 1];
+            order[j - 1] = order[j];
+            order[j] = tmp;
+            j -= 1;
+        }
+        i += 1;
+    }
+    order
+};
+
+/// Position of each pair in [`QUALITY_ORDER`], by `[simulcast][temporal]`.
+const RANKS: [[u8; MAX_TEMPORAL]; MAX_LAYERS] = {
+    let mut ranks = [[0u8; MAX_TEMPORAL]; MAX_LAYERS];
+    let mut r = 0;
+    while r < PAIRS {
+        let (s, t) = QUALITY_ORDER[r];
+        ranks[s as usize][t as usize] = r as u8;
+        r += 1;
+    }
+    ranks
+};
+
+/// Position of a (simulcast, temporal) pair in the quality order (0, the
+/// worst, for a pair outside the table).
 fn rank(spatial: u8, temporal: u8) -> usize {
-    quality_order()
-        .iter()
-        .position(|&p| p == (spatial, temporal))
-        .unwrap_or(0)
+    RANKS
+        .get(usize::from(spatial))
+        .and_then(|row| row.get(usize::from(temporal)))
+        .map_or(0, |&r| usize::from(r))
 }
 
 fn pair(rank: usize) -> (u8, u8) {
-    quality_order()[rank.min(PAIRS - 1)]
+    QUALITY_ORDER[rank.min(PAIRS - 1)]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +325,29 @@ pub fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quality_order_matches_the_documented_ranking() {
+        // Every pair once, scores never falling.
+        let mut seen = [[false; MAX_TEMPORAL]; MAX_LAYERS];
+        for (r, &(s, t)) in QUALITY_ORDER.iter().enumerate() {
+            assert!(!seen[s as usize][t as usize]);
+            seen[s as usize][t as usize] = true;
+            assert_eq!(rank(s, t), r);
+            assert_eq!(pair(r), (s, t));
+            if r > 0 {
+                let (ps, pt) = QUALITY_ORDER[r - 1];
+                assert!(score(ps, pt) <= score(s, t));
+            }
+        }
+        // The module docs' example.
+        let order: Vec<usize> = [(0, 2), (2, 0), (1, 1), (1, 2), (2, 1)]
+            .iter()
+            .map(|&(s, t)| rank(s, t))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(rank(9, 9), 0);
+    }
 
     const LAYERS: [Option<u64>; 3] = [Some(150_000), Some(500_000), Some(1_500_000)];
 
