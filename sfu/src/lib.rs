@@ -20,7 +20,8 @@
 //!   PictureIDs continuous per subscriber (written by str0m's `Vp8Patch`
 //!   during serialisation, so no copy of the shared payload);
 //! - [`allocator`] divides a subscriber's bandwidth estimate across its
-//!   down-tracks;
+//!   down-tracks; [`estimate_recovery`] decides when an estimate that paused
+//!   video cannot raise (str0m learns only from what it sends) is restarted;
 //! - [`speaker`] detects active speakers from audio levels;
 //! - [`red`] converts RFC 2198 redundant audio for subscribers without it.
 //!
@@ -127,6 +128,7 @@ pub mod allocator;
 pub mod answer_order;
 pub mod codec;
 pub mod downtrack;
+pub mod estimate_recovery;
 pub mod red;
 pub mod sent_window;
 pub mod simulcast;

@@ -23,6 +23,7 @@ use crate::allocator::{allocate, Allocation, AllocationState, TrackDemand, Track
 use crate::codec::picture_id::PictureIdRewriter;
 use crate::codec::{self, vp8, FrameInfo};
 use crate::downtrack::{DownTrack, PacketInfo, SourceId};
+use crate::estimate_recovery::EstimateRecovery;
 use crate::keyframe::is_keyframe;
 use crate::mux::{shard_prefix, Mux, PeerId, Route};
 use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
@@ -187,6 +188,8 @@ struct Participant {
     estimate: Option<Bitrate>,
     /// Replaces str0m's estimate when set (operator cap, tests).
     estimate_override: Option<Bitrate>,
+    /// When to restart the estimate that paused video cannot raise.
+    recovery: EstimateRecovery,
 }
 
 struct Track {
@@ -347,6 +350,9 @@ pub struct Router {
     batching: bool,
     /// Media packets dropped because a subscriber's send queue was full.
     queue_full_drops: u64,
+    /// Subscribers' estimates restarted because paused video could not
+    /// raise them ([`crate::estimate_recovery`]).
+    estimate_resets: u64,
     next_id: u64,
     /// Active speaker detection per room.
     speakers: HashMap<String, SpeakerDetector>,
@@ -395,6 +401,7 @@ impl Router {
             dirty: Vec::new(),
             batching: false,
             queue_full_drops: 0,
+            estimate_resets: 0,
             next_id: 1,
             speakers: HashMap::new(),
             next_speaker_tick: None,
@@ -413,6 +420,12 @@ impl Router {
     /// held [`MAX_QUEUED_PACKETS`].
     pub fn queue_full_drops(&self) -> u64 {
         self.queue_full_drops
+    }
+
+    /// Subscribers' downlink estimates restarted so far because video paused
+    /// for bandwidth could not raise them ([`crate::estimate_recovery`]).
+    pub fn estimate_resets(&self) -> u64 {
+        self.estimate_resets
     }
 
     pub fn participant_count(&self) -> usize {
@@ -496,6 +509,7 @@ impl Router {
                 relay_data: true,
                 estimate: None,
                 estimate_override: None,
+                recovery: EstimateRecovery::default(),
             },
         );
         self.rooms.entry(room.to_string()).or_default().push(id);
@@ -1498,6 +1512,9 @@ impl Router {
             }
         }
         let sid = p.subscriber;
+        // An operator's override is the estimate: nothing to recover.
+        let starved = p.estimate_override.is_none() && p.downs.values().any(|d| d.bw_paused);
+        let reset = p.recovery.poll(now, starved);
         for (source, rid) in switches {
             self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);
         }
@@ -1510,6 +1527,15 @@ impl Router {
             };
             let (min, desired) = (Bitrate::bps(min), Bitrate::bps(desired));
             peer.guard(|rtc| rtc.bwe().set_bitrate(min, desired));
+            if reset {
+                peer.guard(|rtc| rtc.bwe().reset(estimate));
+                tracing::debug!(
+                    ?participant,
+                    estimate = estimate.as_u64(),
+                    "video paused for bandwidth: estimate restarted to probe the link"
+                );
+                self.estimate_resets += 1;
+            }
         }
     }
 

@@ -312,6 +312,7 @@ async fn run(init: ShardInit) -> io::Result<()> {
             queue_full_drops: router.queue_full_drops(),
             udp_would_block: tx.stats.would_block,
             udp_send_failed: tx.stats.failed,
+            estimate_resets: router.estimate_resets(),
         };
         if now_stats != published {
             published = now_stats;

@@ -16,6 +16,10 @@ pub struct SfuStats {
     pub udp_would_block: u64,
     /// Datagrams the kernel refused for another reason.
     pub udp_send_failed: u64,
+    /// Subscribers' downlink estimates restarted because video paused for
+    /// bandwidth could not raise them ([`crate::estimate_recovery`]); a
+    /// steady rise means links that cannot carry even the lowest layer.
+    pub estimate_resets: u64,
 }
 
 impl SfuStats {
@@ -23,6 +27,7 @@ impl SfuStats {
         self.queue_full_drops += o.queue_full_drops;
         self.udp_would_block += o.udp_would_block;
         self.udp_send_failed += o.udp_send_failed;
+        self.estimate_resets += o.estimate_resets;
     }
 }
 
@@ -32,6 +37,7 @@ pub struct ShardCounters {
     queue_full_drops: AtomicU64,
     udp_would_block: AtomicU64,
     udp_send_failed: AtomicU64,
+    estimate_resets: AtomicU64,
 }
 
 impl ShardCounters {
@@ -39,6 +45,7 @@ impl ShardCounters {
         self.queue_full_drops.store(s.queue_full_drops, Ordering::Relaxed);
         self.udp_would_block.store(s.udp_would_block, Ordering::Relaxed);
         self.udp_send_failed.store(s.udp_send_failed, Ordering::Relaxed);
+        self.estimate_resets.store(s.estimate_resets, Ordering::Relaxed);
     }
 
     pub fn read(&self) -> SfuStats {
@@ -46,6 +53,7 @@ impl ShardCounters {
             queue_full_drops: self.queue_full_drops.load(Ordering::Relaxed),
             udp_would_block: self.udp_would_block.load(Ordering::Relaxed),
             udp_send_failed: self.udp_send_failed.load(Ordering::Relaxed),
+            estimate_resets: self.estimate_resets.load(Ordering::Relaxed),
         }
     }
 }

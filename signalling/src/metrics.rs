@@ -78,6 +78,9 @@ pub struct Metrics {
     /// Media packets the SFU dropped on the way out, by cause: a
     /// subscriber's full send queue, a full socket buffer, a refused send.
     pub sfu_dropped: IntCounterVec,
+    /// Subscribers' downlink estimates restarted because video paused for
+    /// bandwidth could not raise them.
+    pub sfu_estimate_resets: IntCounter,
     relay: Option<relay::metrics::Metrics>,
 }
 
@@ -153,6 +156,11 @@ impl Metrics {
                 "Media packets the SFU dropped on the way out, by cause.",
                 "cause",
             ),
+            sfu_estimate_resets: counter(
+                &r,
+                "rtc_sfu_estimate_resets_total",
+                "Subscriber downlink estimates restarted to probe a link on which video was paused for bandwidth.",
+            ),
             ws_connections: gauge(&r, "rtc_ws_connections", "Open signalling WebSockets."),
             ws_connections_total: counter(&r, "rtc_ws_connections_total", "Signalling WebSockets accepted."),
             messages_in: counter(&r, "rtc_signal_messages_in_total", "Signalling messages received."),
@@ -222,6 +230,8 @@ impl Metrics {
             let counter = self.sfu_dropped.with_label_values(&[cause]);
             counter.inc_by(now.saturating_sub(counter.get()));
         }
+        let resets = &self.sfu_estimate_resets;
+        resets.inc_by(stats.estimate_resets.saturating_sub(resets.get()));
     }
 
     /// The control plane's registry, for callers that add their own metrics.
@@ -341,6 +351,7 @@ mod tests {
             queue_full_drops,
             udp_would_block,
             udp_send_failed: 0,
+            estimate_resets: queue_full_drops / 2,
         };
         m.update_sfu_drops(&stats(4, 1));
         m.update_sfu_drops(&stats(9, 1));
@@ -349,6 +360,7 @@ mod tests {
             "rtc_sfu_dropped_packets_total{cause=\"queue_full\"} 9",
             "rtc_sfu_dropped_packets_total{cause=\"udp_would_block\"} 1",
             "rtc_sfu_dropped_packets_total{cause=\"udp_send_failed\"} 0",
+            "rtc_sfu_estimate_resets_total 4",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
