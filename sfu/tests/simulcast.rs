@@ -16,6 +16,8 @@ use str0m::rtp::RtpWrite;
 use str0m::Event;
 
 const RIDS: [&str; 3] = ["q", "h", "f"];
+/// The subscriber's client address in [`simulcast_room`].
+const BOB: &str = "10.0.0.3:4000";
 /// Payload bytes per packet of each layer (50 packets/s each).
 const SIZES: [usize; 3] = [100, 400, 1000];
 
@@ -100,36 +102,9 @@ fn run_for(net: &mut Net, p: &mut Publisher, c: usize, mid: Mid, ms: u64) {
 #[test]
 fn estimate_falls_layer_drops_then_recovers_and_pauses() {
     let mut net = Net::new();
-    let now = net.now;
-    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let a = net.add_client("10.0.0.2:4000");
-    let b = net.add_client("10.0.0.3:4000");
-    let mut mid = None;
-    net.publish_offer(a, alice, |api| {
-        let mut sim = Simulcast::new();
-        for r in RIDS {
-            sim.add_send_layer(SimulcastLayer::new(r));
-        }
-        mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim)));
-    });
-    let mid = mid.unwrap();
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
-    let mut publisher = Publisher {
-        seq: [10, 2000, 40000],
-        sent: 0,
-        force_key: [false; 3],
-        requests: [0; 3],
-        off: [false; 3],
-    };
-    // A second of all three layers, so the SFU knows their rates.
-    run_for(&mut net, &mut publisher, a, mid, 1000);
-
-    let track = TrackId { publisher: alice, mid };
-    let now = net.now;
-    net.sfu.subscribe(now, bob, track).unwrap();
-    net.answer_offers(b, bob);
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+    // A second of all three layers before bob subscribes, so the SFU knows
+    // their rates.
+    let (_alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
     // Plenty of bandwidth: the best layer.
     let now = net.now;
     net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
@@ -190,47 +165,19 @@ fn last_estimate(net: &Net, pid: sfu::router::ParticipantId) -> Option<u64> {
 #[test]
 fn twcc_estimate_falls_under_a_rate_limit_and_climbs_back() {
     let mut net = Net::new();
-    let now = net.now;
-    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let a = net.add_client("10.0.0.2:4000");
-    let b = net.add_client("10.0.0.3:4000");
     // Bob's downlink: 20 ms away, 100 Mbit/s (no constraint) to start,
-    // a drop-tail queue of at most 200 ms.
+    // a drop-tail queue of at most 200 ms; bob's client gets BOB's address.
     const FAST: u64 = 100_000_000;
     const SLOW: u64 = 250_000;
     let mut link = common::Bottleneck::new(
-        now,
-        net.clients[b].addr,
+        net.now,
+        BOB.parse().unwrap(),
         Duration::from_millis(20),
         Duration::from_millis(200),
     );
     link.bps = Some(FAST);
     net.bottleneck = Some(link);
-    let mut mid = None;
-    net.publish_offer(a, alice, |api| {
-        let mut sim = Simulcast::new();
-        for r in RIDS {
-            sim.add_send_layer(SimulcastLayer::new(r));
-        }
-        mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim)));
-    });
-    let mid = mid.unwrap();
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
-    let mut publisher = Publisher {
-        seq: [10, 2000, 40000],
-        sent: 0,
-        force_key: [false; 3],
-        requests: [0; 3],
-        off: [false; 3],
-    };
-    run_for(&mut net, &mut publisher, a, mid, 1000);
-    let track = TrackId { publisher: alice, mid };
-    let now = net.now;
-    net.sfu.subscribe(now, bob, track).unwrap();
-    net.answer_offers(b, bob);
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
-
+    let (_alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
     // Unconstrained: the top layer (about 420 kbit/s with headers).
     run_for(&mut net, &mut publisher, a, mid, 10_000);
     let mark = video_count(&net, b);
@@ -302,7 +249,7 @@ fn simulcast_room_sending(
     let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
     let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
     let a = net.add_client("10.0.0.2:4000");
-    let b = net.add_client("10.0.0.3:4000");
+    let b = net.add_client(BOB);
     let mut mid = None;
     net.publish_offer(a, alice, |api| {
         let mut sim = Simulcast::new();
