@@ -88,7 +88,14 @@
 //!   the down-track does not map NACKs back to source packets; the
 //!   5 %-loss test in `tests/forward.rs` covers the path end to end.
 //! - BWE: `RtcConfig::enable_bwe(Some(initial))` on subscriber connections
-//!   (TWCC); `rtc.bwe().set_bitrate(min, desired)` steers probing.
+//!   (TWCC); `rtc.bwe().set_bitrate(min, desired)` steers probing. The
+//!   estimator learns only from feedback on what it sends, and with nothing
+//!   sent its overuse state latches (no padding, no probes), so
+//!   `rtc.bwe().reset(estimate)` restarts it when video is paused for
+//!   bandwidth ([`estimate_recovery`]). str0m as a *receiver* (our tests and
+//!   load tool) starts each TWCC report at its next received packet, so
+//!   packets lost between two reports are never reported lost; browsers
+//!   report them, which is why the in-process tests step bottlenecks down.
 //! - Allocations str0m forces on the forwarding path: one `Arc<[u8]>` per
 //!   received packet (shared by every subscriber's write, so none per
 //!   forwarded packet) and one `Vec` per outgoing datagram
