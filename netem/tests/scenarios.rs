@@ -1,4 +1,4 @@
-//! The six browser scenarios of netem/scenarios/, short versions: each runs
+//! The seven browser scenarios of netem/scenarios/, short versions: each runs
 //! `netem run --short` (rtc-server in the server namespace, one headless
 //! Chromium per client namespace, see netem/clients/browser.mjs) and then
 //! checks the run's own timeline: every client's browser reported, and
@@ -148,6 +148,11 @@ fn relay_under_loss() {
 #[test]
 fn downlink_drop() {
     scenario("downlink-drop");
+}
+
+#[test]
+fn downlink_outage() {
+    scenario("downlink-outage");
 }
 
 #[test]
