@@ -6,10 +6,11 @@
 //! not fit, little or nothing goes down the link, and str0m's state latches:
 //! the last delay-based hypothesis (overuse) stays, padding is off during
 //! overuse and probing is refused, so the estimate never rises again even
-//! after the link recovers (measured in `sfu/tests/simulcast.rs`: 30 s at
-//! str0m's 40 kbit/s floor on a 100 Mbit/s link). Audio feedback alone does
-//! not get it out either: padding is capped by the estimate and the
-//! allocation probe fires only when the desired rate rises.
+//! after the link recovers (measured in `sfu/tests/simulcast.rs`: without
+//! the reset the estimate stayed at 16 kbit/s for 40 s on a 100 Mbit/s
+//! link). Audio feedback alone should not get it out either (read from
+//! str0m 0.25's source, not measured): padding is capped by the estimate and
+//! the allocation probe fires only when the desired rate rises.
 //!
 //! A reset (`Bwe::reset` from the current estimate) discards that state and
 //! runs str0m's initial probes (short bursts at 3 and 6 times the starting
