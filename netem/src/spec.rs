@@ -235,15 +235,33 @@ impl LinkSpec {
 /// Builds a link's starting parameters and schedule from a base spec and
 /// timed changes, converting each change against the parameters it will
 /// find in effect.
+///
+/// A queue given in `queue_ms` stays a time: a later step that changes the
+/// rate without giving a queue of its own resizes the queue to that many
+/// milliseconds at the new rate. Left in bytes, a 200 ms queue at 3 Mbit/s
+/// would hold 10 s at 60 kbit/s, a far more bloated link than the scenario
+/// describes (and one on which no congestion controller keeps audio live).
 pub fn build_link(base: &LinkSpec, steps: &[(Duration, LinkSpec)]) -> Result<(LinkParams, Schedule), SpecError> {
     let mut params = LinkParams::default();
     base.change(&params)?.apply(&mut params);
     let start = params;
+    let mut queue_ms = base.queue_ms;
     let mut sorted: Vec<&(Duration, LinkSpec)> = steps.iter().collect();
     sorted.sort_by_key(|(at, _)| *at);
     let mut schedule = Vec::with_capacity(sorted.len());
     for (at, spec) in sorted {
-        let change = spec.change(&params)?;
+        let gives_queue = spec.queue_ms.is_some() || spec.queue_bytes.is_some() || spec.queue_packets.is_some();
+        let change = match (gives_queue, spec.rate_kbps, queue_ms) {
+            (false, Some(rate), Some(ms)) if rate > 0.0 => LinkSpec {
+                queue_ms: Some(ms),
+                ..spec.clone()
+            }
+            .change(&params)?,
+            _ => spec.change(&params)?,
+        };
+        if gives_queue {
+            queue_ms = spec.queue_ms;
+        }
         change.apply(&mut params);
         schedule.push((*at, change));
     }
@@ -290,6 +308,44 @@ mod tests {
         assert_eq!(steps[0].0, Duration::from_secs(10));
         assert_eq!(steps[0].1, LinkChange::rate(Some(500_000)));
         assert_eq!(steps[1].1, LinkChange::rate(Some(3_000_000)));
+    }
+
+    #[test]
+    fn a_queue_in_ms_is_resized_when_a_step_changes_the_rate() {
+        let base = LinkSpec {
+            rate_kbps: Some(3000.0),
+            queue_ms: Some(200.0),
+            ..Default::default()
+        };
+        let rate = |kbps| LinkSpec {
+            rate_kbps: Some(kbps),
+            ..Default::default()
+        };
+        let bytes = LinkSpec {
+            rate_kbps: Some(1000.0),
+            queue_bytes: Some(9_000),
+            ..Default::default()
+        };
+        let at = Duration::from_secs;
+        let (p, s) = build_link(
+            &base,
+            &[
+                (at(10), rate(500.0)),
+                (at(20), rate(0.0)),
+                (at(30), bytes),
+                (at(40), rate(300.0)),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(p.queue, QueueLimit::Bytes(75_000));
+        let steps = s.steps();
+        // 200 ms at 500 kbit/s.
+        assert_eq!(steps[0].1.queue, Some(QueueLimit::Bytes(12_500)));
+        // No rate limit: nothing to convert, and no error.
+        assert_eq!(steps[1].1.queue, None);
+        // A queue in bytes replaces the time and then stays in bytes.
+        assert_eq!(steps[2].1.queue, Some(QueueLimit::Bytes(9_000)));
+        assert_eq!(steps[3].1.queue, None);
     }
 
     #[test]
