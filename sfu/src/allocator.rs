@@ -14,7 +14,9 @@
 //! 720p at 7.5 fps is a worse picture than 360p at 15 or 30 fps, and moving
 //! there costs a keyframe. So the order runs (0, 2) < (2, 0) < (1, 1) <
 //! (1, 2) < (2, 1). A track without temporal layering has only temporal
-//! layer 0 in its table, so its order is the simulcast order.
+//! layer 0 in its table, so its order is the simulcast order; a layer
+//! without temporal layers in a track whose other layers have them (not
+//! received yet) ranks as full rate, not as a base rate.
 //!
 //! Upgrading a video above the layer it currently forwards costs the layer's
 //! bitrate plus 20% headroom ([`crate::simulcast::with_headroom`]), so a
@@ -219,6 +221,46 @@ fn next_layer(track: &TrackDemand, layer: Option<(u8, u8)>) -> Option<((u8, u8),
         .find_map(|r| rate(track, r).map(|b| (pair(r), cost(b, r, track.current))))
 }
 
+fn is_layered(layers: &LayerRates, s: u8) -> bool {
+    layers.get(usize::from(s)).is_some_and(|row| row[1].is_some())
+}
+
+/// The track as the quality order needs it. In a temporally layered track,
+/// a simulcast layer without measured temporal layers (one not received
+/// yet, priced by default) forwards every frame it has: its rate is a
+/// full-rate pair's, so it goes at every temporal position up to the
+/// track's top, and a current pair on it is the top one. Left at temporal
+/// layer 0 it would rank as a base rate, below the full rate of the layer
+/// under it, and nothing would ever probe for it (a top layer unmeasured
+/// because dynacast stopped it stayed out of reach for good).
+fn canonical(track: &TrackDemand) -> TrackDemand {
+    let top = track
+        .layers
+        .iter()
+        .filter_map(|row| row.iter().rposition(Option::is_some))
+        .max()
+        .unwrap_or(0);
+    if top == 0 {
+        return *track;
+    }
+    let mut t = *track;
+    for (s, row) in t.layers.iter_mut().enumerate() {
+        if !is_layered(&track.layers, s as u8) {
+            if let Some(rate) = row[0] {
+                row[..=top].fill(Some(rate));
+            }
+        }
+    }
+    t.current = track.current.map(|(s, tl)| {
+        if is_layered(&track.layers, s) || track.layers.get(usize::from(s)).is_none_or(|r| r[0].is_none()) {
+            (s, tl)
+        } else {
+            (s, top as u8)
+        }
+    });
+    t
+}
+
 /// Ordering key of a video track: greater goes first; the index breaks ties
 /// so the order is total.
 fn order_key(tracks: &[TrackDemand], i: usize) -> (u8, u8, usize) {
@@ -279,7 +321,7 @@ pub fn allocate(
     let mut after = None;
     while let Some(i) = next_video(tracks, after) {
         after = Some(order_key(tracks, i));
-        let track = &tracks[i];
+        let track = &canonical(&tracks[i]);
         let alloc = if track.paused {
             Allocation {
                 state: AllocationState::PausedByPreference,
@@ -301,7 +343,12 @@ pub fn allocate(
         };
         remaining -= alloc.budget_bps;
         allocated = allocated.saturating_add(alloc.budget_bps);
-        out[i] = alloc;
+        // The chosen pair as the caller knows it: an unlayered layer has
+        // only temporal layer 0.
+        out[i] = match alloc.layer {
+            Some(l) if !is_layered(&tracks[i].layers, l) => Allocation { temporal: 0, ..alloc },
+            _ => alloc,
+        };
         if track.paused {
             continue;
         }
@@ -547,6 +594,30 @@ mod tests {
         }
         let (out, summary) = run(10_000_000, &[capped]);
         assert_eq!((chosen(&out[0]), summary.probe_bps), (Some((2, 0)), None));
+    }
+
+    /// Layers 0 and 1 measured with L1T3, layer 2 not received yet (dynacast
+    /// stopped it, or the publisher has not ramped up to it) and priced at
+    /// a default full rate.
+    #[test]
+    fn an_unmeasured_top_layer_above_temporal_layers_is_probed_for() {
+        let track = |current| {
+            let mut t = layered(current);
+            t.layers[2] = [Some(1_200_000), None, None, None];
+            t
+        };
+        let at = |estimate, current| {
+            let (out, summary) = run(estimate, &[track(current)]);
+            (chosen(&out[0]), out[0].budget_bps, summary.probe_bps)
+        };
+        // Settled on layer 1 at full rate: probe for layer 2 (with headroom).
+        assert_eq!(at(600_000, Some((1, 2))), (Some((1, 2)), 500_000, Some(1_440_000)));
+        // When it fits, layer 2 is chosen (temporal 0: it has no layers).
+        assert_eq!(at(1_500_000, Some((1, 2))), (Some((2, 0)), 1_440_000, None));
+        // Forwarding it: settled at the top, no headroom to pay, no probe.
+        assert_eq!(at(1_300_000, Some((2, 0))), (Some((2, 0)), 1_200_000, None));
+        // Layer 2 ranks above layer 1's full rate, not below as a base rate.
+        assert_eq!(at(1_250_000, Some((2, 0))).0, Some((2, 0)));
     }
 
     #[test]
