@@ -84,8 +84,8 @@
 //!   a subscriber that did not negotiate RTX gets no resends: there are no
 //!   plain same-SSRC retransmissions, and its losses heal by keyframe (PLI).
 //!   Resends are queued and paced like media. str0m's `rtx_ratio_cap`
-//!   (drop every queued resend past 15 % of sent bytes) is turned off for
-//!   video down-tracks: it left loss bursts unrepaired (see
+//!   (drop every queued resend past 15 % of sent bytes) is raised to 50 %
+//!   for video down-tracks: at 15 % it left loss bursts unrepaired (see
 //!   `participant::RTX_RATIO_CAP`). Hence the SFU keeps no packet cache of its own, and
 //!   the down-track does not map NACKs back to source packets; the
 //!   5 %-loss test in `tests/forward.rs` covers the path end to end.

@@ -263,7 +263,7 @@ fn nack_recovery_at_5_percent_loss_both_ways() {
 /// resend through a 200 ms queue can arrive, so the same packets were
 /// resent up to five times and counted against the cap, and a keyframe
 /// left with holes froze the picture until the next one (netem's
-/// downlink-drop: 0.9 and 4.2 s frozen with the cap, 0-0.5 s without).
+/// downlink-drop: 0.9 and 4.2 s frozen). The SFU's cap is 50 %.
 #[test]
 fn a_loss_burst_on_a_long_round_trip_is_fully_recovered() {
     let mut net = Net::new();
