@@ -281,6 +281,9 @@ struct Down {
     /// Video lost a packet to a full send queue: forwarding waits for the
     /// next keyframe of the current layer.
     await_keyframe: bool,
+    /// Since when the temporal filter has forwarded fewer layers than its
+    /// target (see [`Router::unstick_temporal_upswitches`]).
+    temporal_below_target_since: Option<Instant>,
 }
 
 /// A subscriber's rendering limits for one video subscription.
@@ -947,6 +950,7 @@ impl Router {
                     pictures: PictureIdRewriter::new(),
                     out_ext: None,
                     await_keyframe: false,
+                    temporal_below_target_since: None,
                 },
             );
         }
@@ -1060,6 +1064,7 @@ impl Router {
         }
         if self.next_keyframe_tick.is_none_or(|t| t <= now) {
             self.next_keyframe_tick = Some(now + KEYFRAME_TICK);
+            self.unstick_temporal_upswitches(now);
             self.send_owed_keyframe_requests(now);
         }
         if self.next_speaker_tick.is_none_or(|t| t <= now) {

@@ -35,6 +35,8 @@ pub struct TemporalFilter {
     target: u8,
     /// The layer forwarded now; `None` until the first frame start.
     current: Option<u8>,
+    /// The highest temporal layer seen in the stream (forwarded or not).
+    highest_seen: u8,
 }
 
 impl Default for TemporalFilter {
@@ -48,6 +50,7 @@ impl TemporalFilter {
         Self {
             target: TOP,
             current: None,
+            highest_seen: 0,
         }
     }
 
@@ -63,10 +66,17 @@ impl TemporalFilter {
         self.current
     }
 
+    /// Whether layers the stream has and the target allows are being held
+    /// back, waiting for a switching point (or a keyframe).
+    pub fn wants_up(&self) -> bool {
+        self.current.is_some_and(|c| c < self.target.min(self.highest_seen))
+    }
+
     /// Whether the packet is forwarded. Must see every packet of the
     /// stream the down-track forwards (and nothing else), in arrival order.
     pub fn accept(&mut self, f: &FrameInfo) -> bool {
         let Some(tid) = f.tid else { return true };
+        self.highest_seen = self.highest_seen.max(tid);
         if f.frame_start {
             self.current = Some(match self.current {
                 // After a keyframe every layer's references are fresh.
@@ -271,6 +281,25 @@ mod tests {
         assert!(f.accept(&p[3]));
         assert_eq!(forwarded_tids(&mut f, &p[4..]), [0]);
         assert_eq!(f.current(), Some(0));
+    }
+
+    #[test]
+    fn wants_up_only_while_layers_the_stream_has_are_held_back() {
+        let mut f = TemporalFilter::new();
+        assert!(!f.wants_up(), "nothing seen yet");
+        // Everything forwarded: the stream's top (2) is below TOP, which
+        // is not waiting for anything.
+        forwarded_tids(&mut f, &pattern(8));
+        assert!(!f.wants_up());
+        f.set_target(0);
+        forwarded_tids(&mut f, &pattern(8));
+        assert!(!f.wants_up(), "at the target");
+        f.set_target(TOP);
+        let no_sync: Vec<_> = [1, 2, 0, 2].iter().map(|&t| frame(t, true, false, false)).collect();
+        forwarded_tids(&mut f, &no_sync);
+        assert!(f.wants_up(), "held at 0 for want of a switching point");
+        forwarded_tids(&mut f, &[frame(0, true, false, true)]);
+        assert!(!f.wants_up(), "a keyframe brings every layer back");
     }
 
     #[test]

@@ -29,6 +29,10 @@ struct Publisher {
     keyframes: usize,
     /// VP9 payload descriptors (non-flexible mode) instead of VP8.
     vp9: bool,
+    /// Mark switching points (Y, U); an encoder may mark none.
+    sync: bool,
+    /// A keyframe every 2 s, not only when asked.
+    periodic_keyframes: bool,
 }
 
 impl Publisher {
@@ -43,7 +47,7 @@ impl Publisher {
         self.force_key |= requested;
         let pos = (self.frame % 4) as usize;
         let tid = PATTERN[pos];
-        let key = tid == 0 && (self.frame.is_multiple_of(60) || self.force_key);
+        let key = tid == 0 && ((self.periodic_keyframes && self.frame.is_multiple_of(60)) || self.force_key);
         if key {
             self.force_key = false;
             self.keyframes += 1;
@@ -51,7 +55,7 @@ impl Publisher {
         if tid == 0 {
             self.tl0 = self.tl0.wrapping_add(1);
         }
-        let sync = pos == 1 || pos == 2;
+        let sync = self.sync && (pos == 1 || pos == 2);
         let now = net.now;
         let rtc = &mut net.clients[c].rtc;
         let codec = if self.vp9 { Codec::Vp9 } else { Codec::Vp8 };
@@ -167,6 +171,8 @@ fn room(net: &mut Net, vp9: bool, before_answer: impl FnOnce(&mut Net, sfu::Part
         force_key: false,
         keyframes: 0,
         vp9,
+        sync: true,
+        periodic_keyframes: true,
     };
     // Live before anyone subscribes: the SFU measures the layers' rates.
     run_for(net, &mut publisher, a, mid, Duration::from_secs(2));
@@ -267,6 +273,50 @@ fn max_fps_selects_temporal_layers_without_gaps() {
     assert!(
         publisher.keyframes <= keyframes + 6,
         "keyframes {keyframes} -> {}",
+        publisher.keyframes
+    );
+    assert_continuous(&got);
+}
+
+/// An encoder that marks no switching points (and sends keyframes only
+/// when asked): with the frame rate limit lifted, the SFU asks for a
+/// keyframe rather than keep the subscriber at the base layer for good.
+#[test]
+fn without_switching_points_a_lifted_limit_brings_a_keyframe() {
+    let mut net = Net::new();
+    let Room {
+        bob,
+        track,
+        a,
+        b,
+        mid,
+        mut publisher,
+    } = room(&mut net, false, |_, _, _| {});
+    publisher.sync = false;
+    publisher.periodic_keyframes = false;
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(4));
+    let mark = received(&net, b).len();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    assert_eq!(tids_and_fps(&received(&net, b)[mark..], 2.0).0, [0], "TL0 only");
+
+    let keyframes = publisher.keyframes;
+    let now = net.now;
+    net.sfu.set_track_limits(now, bob, track, limit(0)).unwrap();
+    // Nothing to switch up at for the first 1.5 s; then a keyframe.
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(3));
+    let mark = received(&net, b).len();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    let got = received(&net, b);
+    let (tids, fps) = tids_and_fps(&got[mark..], 2.0);
+    assert_eq!(tids, [0, 1, 2], "every layer again");
+    assert!(fps > 27.0, "full frame rate: {fps}");
+    assert!(
+        (1..=2).contains(&(publisher.keyframes - keyframes)),
+        "one keyframe asked for, not a stream of them: {} -> {}",
+        keyframes,
         publisher.keyframes
     );
     assert_continuous(&got);

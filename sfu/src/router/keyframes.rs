@@ -1,11 +1,21 @@
 //! Keyframe requests upstream: subscribers' PLI/FIR and layer switches ask
 //! the publisher for a keyframe of one layer, throttled and coalesced per
-//! layer ([`crate::simulcast::KeyframeRequester`]).
-use std::time::Instant;
+//! layer ([`crate::simulcast::KeyframeRequester`]); so does a temporal
+//! upswitch that found no switching point in time.
+use std::time::{Duration, Instant};
 
 use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
 
 use super::{layer_of, Router, TrackId};
+
+/// How long a down-track's temporal filter may stay below its target
+/// before the SFU asks for a keyframe. Going up needs a frame marked as a
+/// switching point (VP8 Y, VP9 U) or a keyframe, and an encoder may mark
+/// few or none: a subscriber whose frame rate limit was lifted then stays
+/// at the lower rate until somebody else's request brings a keyframe (seen
+/// with Chromium: 5 fps for 30 s). At 30 fps a pattern with switching
+/// points has one within a few frames.
+pub(super) const TEMPORAL_UPSWITCH_WAIT: Duration = Duration::from_millis(1500);
 
 impl Router {
     /// Asks the publisher for a keyframe on one layer, at most once per
@@ -58,6 +68,31 @@ impl Router {
         }
         for (id, rid) in owed {
             self.send_keyframe_request(id, rid, KeyframeRequestKind::Pli);
+        }
+    }
+
+    /// Asks for a keyframe of the forwarded layer for every down-track
+    /// whose temporal filter has stayed below its target for
+    /// [`TEMPORAL_UPSWITCH_WAIT`], then waits as long again. Control rate
+    /// (the keyframe tick), not the packet path.
+    pub(super) fn unstick_temporal_upswitches(&mut self, now: Instant) {
+        let mut requests: Vec<(TrackId, Option<Rid>)> = Vec::new();
+        for (pid, p) in self.participants.iter_mut() {
+            for d in p.downs.values_mut() {
+                if !d.temporal.wants_up() || d.paused || d.bw_paused || d.await_keyframe {
+                    d.temporal_below_target_since = None;
+                    continue;
+                }
+                let since = *d.temporal_below_target_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= TEMPORAL_UPSWITCH_WAIT {
+                    d.temporal_below_target_since = Some(now);
+                    tracing::debug!(participant = ?pid, track = ?d.source, current = ?d.temporal.current(), target = d.temporal.target(), "no temporal switching point in time: keyframe requested");
+                    requests.push((d.source, d.current));
+                }
+            }
+        }
+        for (source, rid) in requests {
+            self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);
         }
     }
 }
