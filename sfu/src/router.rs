@@ -341,6 +341,9 @@ pub struct Router {
     /// Subscribers' estimates restarted because paused video could not
     /// raise them ([`crate::estimate_recovery`]).
     estimate_resets: u64,
+    /// Keyframes asked for because a temporal upswitch found no switching
+    /// point (`Router::unstick_temporal_upswitches`).
+    temporal_upswitch_keyframes: u64,
     next_id: u64,
     /// Active speaker detection per room.
     speakers: HashMap<String, SpeakerDetector>,
@@ -386,6 +389,7 @@ impl Router {
             batching: false,
             queue_full_drops: 0,
             estimate_resets: 0,
+            temporal_upswitch_keyframes: 0,
             next_id: 1,
             speakers: HashMap::new(),
             next_speaker_tick: None,
@@ -410,6 +414,12 @@ impl Router {
     /// for bandwidth could not raise them ([`crate::estimate_recovery`]).
     pub fn estimate_resets(&self) -> u64 {
         self.estimate_resets
+    }
+
+    /// Keyframes asked for so far because a subscriber's temporal upswitch
+    /// found no switching point in the stream in time.
+    pub fn temporal_upswitch_keyframes(&self) -> u64 {
+        self.temporal_upswitch_keyframes
     }
 
     pub fn participant_count(&self) -> usize {

@@ -313,6 +313,7 @@ async fn run(init: ShardInit) -> io::Result<()> {
             udp_would_block: tx.stats.would_block,
             udp_send_failed: tx.stats.failed,
             estimate_resets: router.estimate_resets(),
+            temporal_upswitch_keyframes: router.temporal_upswitch_keyframes(),
         };
         if now_stats != published {
             published = now_stats;

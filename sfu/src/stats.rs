@@ -20,6 +20,10 @@ pub struct SfuStats {
     /// bandwidth could not raise them ([`crate::estimate_recovery`]); a
     /// steady rise means links that cannot carry even the lowest layer.
     pub estimate_resets: u64,
+    /// Keyframes asked for because a subscriber's temporal upswitch found
+    /// no switching point in time; a steady rise means publishers whose
+    /// encoders mark none.
+    pub temporal_upswitch_keyframes: u64,
 }
 
 impl SfuStats {
@@ -28,6 +32,7 @@ impl SfuStats {
         self.udp_would_block += o.udp_would_block;
         self.udp_send_failed += o.udp_send_failed;
         self.estimate_resets += o.estimate_resets;
+        self.temporal_upswitch_keyframes += o.temporal_upswitch_keyframes;
     }
 }
 
@@ -38,6 +43,7 @@ pub struct ShardCounters {
     udp_would_block: AtomicU64,
     udp_send_failed: AtomicU64,
     estimate_resets: AtomicU64,
+    temporal_upswitch_keyframes: AtomicU64,
 }
 
 impl ShardCounters {
@@ -46,6 +52,8 @@ impl ShardCounters {
         self.udp_would_block.store(s.udp_would_block, Ordering::Relaxed);
         self.udp_send_failed.store(s.udp_send_failed, Ordering::Relaxed);
         self.estimate_resets.store(s.estimate_resets, Ordering::Relaxed);
+        self.temporal_upswitch_keyframes
+            .store(s.temporal_upswitch_keyframes, Ordering::Relaxed);
     }
 
     pub fn read(&self) -> SfuStats {
@@ -54,6 +62,7 @@ impl ShardCounters {
             udp_would_block: self.udp_would_block.load(Ordering::Relaxed),
             udp_send_failed: self.udp_send_failed.load(Ordering::Relaxed),
             estimate_resets: self.estimate_resets.load(Ordering::Relaxed),
+            temporal_upswitch_keyframes: self.temporal_upswitch_keyframes.load(Ordering::Relaxed),
         }
     }
 }

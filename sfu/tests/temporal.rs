@@ -319,6 +319,10 @@ fn without_switching_points_a_lifted_limit_brings_a_keyframe() {
         keyframes,
         publisher.keyframes
     );
+    assert!(
+        (1..=2).contains(&net.sfu.temporal_upswitch_keyframes()),
+        "counted for the metric"
+    );
     assert_continuous(&got);
 }
 

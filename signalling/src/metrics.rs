@@ -81,6 +81,7 @@ pub struct Metrics {
     /// Subscribers' downlink estimates restarted because video paused for
     /// bandwidth could not raise them.
     pub sfu_estimate_resets: IntCounter,
+    pub sfu_temporal_upswitch_keyframes: IntCounter,
     relay: Option<relay::metrics::Metrics>,
 }
 
@@ -161,6 +162,11 @@ impl Metrics {
                 "rtc_sfu_estimate_resets_total",
                 "Subscriber downlink estimates restarted to probe a link on which video was paused for bandwidth.",
             ),
+            sfu_temporal_upswitch_keyframes: counter(
+                &r,
+                "rtc_sfu_temporal_upswitch_keyframes_total",
+                "Keyframes asked for because a subscriber's temporal layer upswitch found no switching point in time.",
+            ),
             ws_connections: gauge(&r, "rtc_ws_connections", "Open signalling WebSockets."),
             ws_connections_total: counter(&r, "rtc_ws_connections_total", "Signalling WebSockets accepted."),
             messages_in: counter(&r, "rtc_signal_messages_in_total", "Signalling messages received."),
@@ -232,6 +238,8 @@ impl Metrics {
         }
         let resets = &self.sfu_estimate_resets;
         resets.inc_by(stats.estimate_resets.saturating_sub(resets.get()));
+        let upswitch = &self.sfu_temporal_upswitch_keyframes;
+        upswitch.inc_by(stats.temporal_upswitch_keyframes.saturating_sub(upswitch.get()));
     }
 
     /// The control plane's registry, for callers that add their own metrics.
@@ -352,6 +360,7 @@ mod tests {
             udp_would_block,
             udp_send_failed: 0,
             estimate_resets: queue_full_drops / 2,
+            temporal_upswitch_keyframes: udp_would_block * 3,
         };
         m.update_sfu_drops(&stats(4, 1));
         m.update_sfu_drops(&stats(9, 1));
@@ -361,6 +370,7 @@ mod tests {
             "rtc_sfu_dropped_packets_total{cause=\"udp_would_block\"} 1",
             "rtc_sfu_dropped_packets_total{cause=\"udp_send_failed\"} 0",
             "rtc_sfu_estimate_resets_total 4",
+            "rtc_sfu_temporal_upswitch_keyframes_total 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -91,6 +91,7 @@ impl Router {
                 }
             }
         }
+        self.temporal_upswitch_keyframes += requests.len() as u64;
         for (source, rid) in requests {
             self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);
         }
