@@ -225,6 +225,11 @@ fn is_layered(layers: &LayerRates, s: u8) -> bool {
     layers.get(usize::from(s)).is_some_and(|row| row[1].is_some())
 }
 
+/// Simulcast layer `s` has a rate but no temporal layers.
+fn full_rate_only(layers: &LayerRates, s: u8) -> bool {
+    !is_layered(layers, s) && layers.get(usize::from(s)).is_some_and(|row| row[0].is_some())
+}
+
 /// The track as the quality order needs it. In a temporally layered track,
 /// a simulcast layer without measured temporal layers (one not received
 /// yet, priced by default) forwards every frame it has: its rate is a
@@ -245,17 +250,16 @@ fn canonical(track: &TrackDemand) -> TrackDemand {
     }
     let mut t = *track;
     for (s, row) in t.layers.iter_mut().enumerate() {
-        if !is_layered(&track.layers, s as u8) {
-            if let Some(rate) = row[0] {
-                row[..=top].fill(Some(rate));
-            }
+        if full_rate_only(&track.layers, s as u8) {
+            let rate = row[0];
+            row[..=top].fill(rate);
         }
     }
     t.current = track.current.map(|(s, tl)| {
-        if is_layered(&track.layers, s) || track.layers.get(usize::from(s)).is_none_or(|r| r[0].is_none()) {
-            (s, tl)
-        } else {
+        if full_rate_only(&track.layers, s) {
             (s, top as u8)
+        } else {
+            (s, tl)
         }
     });
     t

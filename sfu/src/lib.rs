@@ -86,9 +86,10 @@
 //!   Resends are queued and paced like media. str0m's `rtx_ratio_cap`
 //!   (drop every queued resend past 15 % of sent bytes) is raised to 50 %
 //!   for video down-tracks: at 15 % it left loss bursts unrepaired (see
-//!   `participant::RTX_RATIO_CAP`). Hence the SFU keeps no packet cache of its own, and
-//!   the down-track does not map NACKs back to source packets; the
-//!   5 %-loss test in `tests/forward.rs` covers the path end to end.
+//!   `participant::RTX_RATIO_CAP`). Hence the SFU keeps no packet cache of
+//!   its own, and the down-track does not map NACKs back to source
+//!   packets; the 5 %-loss and loss-burst tests in `tests/forward.rs`
+//!   cover the path end to end.
 //! - BWE: `RtcConfig::enable_bwe(Some(initial))` on subscriber connections
 //!   (TWCC); `rtc.bwe().set_bitrate(min, desired)` steers probing. The
 //!   estimator learns only from feedback on what it sends, and with nothing

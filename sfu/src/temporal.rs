@@ -35,7 +35,9 @@ pub struct TemporalFilter {
     target: u8,
     /// The layer forwarded now; `None` until the first frame start.
     current: Option<u8>,
-    /// The highest temporal layer seen in the stream (forwarded or not).
+    /// The highest temporal layer seen in the stream (forwarded or not);
+    /// back to 0 on a packet without a temporal index, as after a switch
+    /// to a codec or layer without them there is nothing to go up to.
     highest_seen: u8,
 }
 
@@ -75,7 +77,10 @@ impl TemporalFilter {
     /// Whether the packet is forwarded. Must see every packet of the
     /// stream the down-track forwards (and nothing else), in arrival order.
     pub fn accept(&mut self, f: &FrameInfo) -> bool {
-        let Some(tid) = f.tid else { return true };
+        let Some(tid) = f.tid else {
+            self.highest_seen = 0;
+            return true;
+        };
         self.highest_seen = self.highest_seen.max(tid);
         if f.frame_start {
             self.current = Some(match self.current {
@@ -300,6 +305,19 @@ mod tests {
         assert!(f.wants_up(), "held at 0 for want of a switching point");
         forwarded_tids(&mut f, &[frame(0, true, false, true)]);
         assert!(!f.wants_up(), "a keyframe brings every layer back");
+        // Held back again, then the stream loses its temporal indices
+        // (another codec): nothing left to wait for.
+        f.set_target(0);
+        forwarded_tids(&mut f, &pattern(4));
+        f.set_target(TOP);
+        forwarded_tids(&mut f, &no_sync);
+        assert!(f.wants_up());
+        let unlayered = FrameInfo {
+            tid: None,
+            ..frame(0, true, false, false)
+        };
+        assert!(f.accept(&unlayered));
+        assert!(!f.wants_up(), "no temporal layers, nothing to switch up to");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{layer_of, Router, TrackId};
 /// at the lower rate until somebody else's request brings a keyframe (seen
 /// with Chromium: 5 fps for 30 s). At 30 fps a pattern with switching
 /// points has one within a few frames.
-pub(super) const TEMPORAL_UPSWITCH_WAIT: Duration = Duration::from_millis(1500);
+const TEMPORAL_UPSWITCH_WAIT: Duration = Duration::from_millis(1500);
 
 impl Router {
     /// Asks the publisher for a keyframe on one layer, at most once per
