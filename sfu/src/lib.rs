@@ -16,7 +16,8 @@
 //!   throttles keyframe requests (the router switches layers at keyframes);
 //! - [`temporal`] drops temporal layers above a subscriber's target (no
 //!   keyframe needed) and measures each layer's bitrate and frame rate;
-//!   [`codec`] reads the VP8/VP9 payload descriptors it needs and keeps VP8
+//!   [`codec`] reads the VP8/VP9 payload descriptors and AV1 OBU extension
+//!   headers it needs (no dependency descriptor yet) and keeps VP8
 //!   PictureIDs continuous per subscriber (written by str0m's `Vp8Patch`
 //!   during serialisation, so no copy of the shared payload);
 //! - [`allocator`] divides a subscriber's bandwidth estimate across its

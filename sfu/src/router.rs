@@ -26,6 +26,7 @@ use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Transmit};
 
+use crate::codec::av1::Av1Frames;
 use crate::codec::picture_id::PictureIdRewriter;
 use crate::downtrack::DownTrack;
 use crate::estimate_recovery::EstimateRecovery;
@@ -240,6 +241,8 @@ struct Track {
     msid: Option<(String, String)>,
     /// Bitrate and frame rate per (simulcast, temporal) layer.
     temporal: TemporalStats,
+    /// AV1 frame attribution, per simulcast layer.
+    av1: [Av1Frames; MAX_LAYERS],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -1,7 +1,7 @@
 //! Temporal layer selection for one down-track, and per-layer rate
 //! measurement for one published track.
 //!
-//! Dropping the upper temporal layers of VP8 or VP9 needs no keyframe:
+//! Dropping the upper temporal layers of VP8, VP9 or AV1 needs no keyframe:
 //! lower layers never reference upper ones. [`TemporalFilter`] follows the
 //! allocator's target with the layer actually forwarded, changing it only
 //! where the receiver can follow:
@@ -10,7 +10,9 @@
 //!   target) marked as a switching point (VP8 Y, VP9 U): such a frame
 //!   references only the base layer, whereas an ordinary frame of that layer
 //!   may reference earlier frames of its layer the receiver never got.
-//!   Any TL0 frame is not enough for that reason.
+//!   Any TL0 frame is not enough for that reason. AV1 marks no switching
+//!   points; its frames step up one layer at a time (see
+//!   [`crate::codec::av1`]).
 //!
 //! Dropped packets are marked droppable for the [`crate::downtrack`], which
 //! closes their sequence numbers, so the receiver sees no gap and never
@@ -89,6 +91,7 @@ impl TemporalFilter {
                 None => self.target,
                 Some(c) if self.target < c => self.target,
                 Some(c) if tid > c && tid <= self.target && f.sync => tid,
+                Some(c) if tid == c + 1 && tid <= self.target && f.step_up => tid,
                 Some(c) => c,
             });
         }
@@ -240,7 +243,37 @@ mod tests {
             sync,
             frame_start: start,
             keyframe,
+            ..FrameInfo::default()
         }
+    }
+
+    /// AV1 (no switching-point flags): up one layer at a time, at any frame
+    /// of the layer just above; never two at once.
+    #[test]
+    fn step_up_frames_climb_one_layer_at_a_time() {
+        let mut f = TemporalFilter::new();
+        let step = |tid| FrameInfo {
+            step_up: true,
+            ..frame(tid, true, false, false)
+        };
+        f.set_target(0);
+        assert!(f.accept(&step(0)));
+        assert!(!f.accept(&step(2)));
+        f.set_target(2);
+        // TL2 right after TL0 while at 0: two layers up, not taken.
+        assert!(!f.accept(&step(2)));
+        assert!(f.wants_up());
+        assert!(f.accept(&step(1)));
+        assert_eq!(f.current(), Some(1));
+        assert!(f.accept(&step(2)));
+        assert_eq!(f.current(), Some(2));
+        assert!(!f.wants_up());
+        // Without step_up (nor sync) an upper frame is no way up.
+        let mut g = TemporalFilter::new();
+        g.set_target(0);
+        assert!(g.accept(&frame(0, true, false, false)));
+        g.set_target(2);
+        assert!(!g.accept(&frame(1, true, false, false)));
     }
 
     /// The L1T3 pattern 0 2 1 2 of libwebrtc, two packets a frame; the first
@@ -439,6 +472,7 @@ mod tests {
                             sync: pos == 1 || pos == 2,
                             frame_start: k == 0,
                             keyframe: keyframe && k == 0,
+                            ..FrameInfo::default()
                         };
                         let pass = f.accept(&info);
                         let p = PacketInfo {

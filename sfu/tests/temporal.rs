@@ -27,8 +27,9 @@ struct Publisher {
     tl0: u8,
     force_key: bool,
     keyframes: usize,
-    /// VP9 payload descriptors (non-flexible mode) instead of VP8.
-    vp9: bool,
+    /// Codec::Vp9: VP9 payload descriptors (non-flexible mode);
+    /// Codec::Av1: AV1 aggregation and OBU extension headers; else VP8.
+    codec: Codec,
     /// Mark switching points (Y, U); an encoder may mark none.
     sync: bool,
     /// A keyframe every 2 s, not only when asked.
@@ -58,11 +59,22 @@ impl Publisher {
         let sync = self.sync && (pos == 1 || pos == 2);
         let now = net.now;
         let rtc = &mut net.clients[c].rtc;
-        let codec = if self.vp9 { Codec::Vp9 } else { Codec::Vp8 };
+        let codec = self.codec;
         let pt = rtc.codec_config().find(|p| p.spec().codec == codec).unwrap().pt();
         for k in 0..2 {
             let mut payload = vec![0xAAu8; 600];
-            if self.vp9 {
+            if codec == Codec::Av1 {
+                // One OBU_FRAME over two packets: Z=0 Y=1 W=1 (N on a
+                // keyframe), its header with the extension byte; then Z=1
+                // Y=0 W=1, the rest.
+                if k == 0 {
+                    payload[0] = 0x50 | u8::from(key) << 3;
+                    payload[1] = 0x34;
+                    payload[2] = tid << 5;
+                } else {
+                    payload[0] = 0x90;
+                }
+            } else if codec == Codec::Vp9 {
                 // I, P unless key, L, B on the first packet, E on the last.
                 payload[0] = 0xa0 | u8::from(!key) << 6 | if k == 0 { 0x08 } else { 0x04 };
                 payload[1] = 0x80 | (self.picture_id >> 8) as u8;
@@ -149,7 +161,7 @@ fn tids_and_fps(got: &[Got], seconds: f64) -> (Vec<u8>, f64) {
 
 /// Alice publishes L1T3 VP8 for 2 s, then bob subscribes; `before_answer`
 /// runs between bob's subscription and his answer.
-fn room(net: &mut Net, vp9: bool, before_answer: impl FnOnce(&mut Net, sfu::ParticipantId, TrackId)) -> Room {
+fn room(net: &mut Net, codec: Codec, before_answer: impl FnOnce(&mut Net, sfu::ParticipantId, TrackId)) -> Room {
     let now = net.now;
     let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
     let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
@@ -170,7 +182,7 @@ fn room(net: &mut Net, vp9: bool, before_answer: impl FnOnce(&mut Net, sfu::Part
         tl0: 250,
         force_key: false,
         keyframes: 0,
-        vp9,
+        codec,
         sync: true,
         periodic_keyframes: true,
     };
@@ -226,7 +238,7 @@ fn max_fps_selects_temporal_layers_without_gaps() {
         b,
         mid,
         mut publisher,
-    } = room(&mut net, false, |_, _, _| {});
+    } = room(&mut net, Codec::Vp8, |_, _, _| {});
     let now = net.now;
     net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
     run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
@@ -291,7 +303,7 @@ fn without_switching_points_a_lifted_limit_brings_a_keyframe() {
         b,
         mid,
         mut publisher,
-    } = room(&mut net, false, |_, _, _| {});
+    } = room(&mut net, Codec::Vp8, |_, _, _| {});
     publisher.sync = false;
     publisher.periodic_keyframes = false;
     let now = net.now;
@@ -339,7 +351,7 @@ fn max_fps_set_before_the_answer_applies() {
         mid,
         mut publisher,
         ..
-    } = room(&mut net, false, |net, bob, track| {
+    } = room(&mut net, Codec::Vp8, |net, bob, track| {
         let now = net.now;
         net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
     });
@@ -363,7 +375,7 @@ fn max_fps_applies_with_str0ms_own_estimate() {
         b,
         mid,
         mut publisher,
-    } = room(&mut net, false, |_, _, _| {});
+    } = room(&mut net, Codec::Vp8, |_, _, _| {});
     let now = net.now;
     net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
     let mark = received(&net, b).len();
@@ -391,7 +403,7 @@ fn estimate_between_temporal_layers_picks_the_ones_that_fit() {
         mid,
         mut publisher,
         ..
-    } = room(&mut net, false, |_, _, _| {});
+    } = room(&mut net, Codec::Vp8, |_, _, _| {});
     // About 300 kbit/s in all: TL0 a quarter, TL0 + TL1 half.
     let now = net.now;
     net.sfu.set_estimate_override(now, bob, Some(Bitrate::kbps(200)));
@@ -428,7 +440,7 @@ fn vp9_temporal_layers_follow_max_fps() {
         b,
         mid,
         mut publisher,
-    } = room(&mut net, true, |_, _, _| {});
+    } = room(&mut net, Codec::Vp9, |_, _, _| {});
     let now = net.now;
     net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
     run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
@@ -457,4 +469,75 @@ fn vp9_temporal_layers_follow_max_fps() {
     net.sfu.set_track_limits(now, bob, track, limit(0)).unwrap();
     run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
     assert_eq!(layers(&net, m).1, [0, 1, 2]);
+}
+
+/// AV1 temporal layers (OBU extension headers, no dependency descriptor):
+/// the same cap; a frame's second packet follows its first, both dropped or
+/// both forwarded; back up one layer at a time without a keyframe.
+#[test]
+fn av1_temporal_layers_follow_max_fps() {
+    let mut net = Net::new();
+    let Room {
+        bob,
+        track,
+        a,
+        b,
+        mid,
+        mut publisher,
+    } = room(&mut net, Codec::Av1, |_, _, _| {});
+    // Keyframes only when asked: any the SFU asks for shows.
+    publisher.periodic_keyframes = false;
+    let now = net.now;
+    net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    // (seq, timestamp, tid of a frame's first packet or None for its second).
+    let frames = |net: &Net| {
+        let got: Vec<(u64, u32, Option<u8>)> = net.clients[b]
+            .rtp_packets()
+            .filter(|p| p.payload.len() == 600)
+            .map(|p| {
+                let h = sfu::codec::av1::parse(&p.payload).expect("an AV1 packet");
+                (*p.seq_no, p.header.timestamp, h.tid)
+            })
+            .collect();
+        for w in got.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 1, "sequence gap");
+        }
+        // Heads (Z=0) carry the layer; every tail directly follows the
+        // head of the same frame.
+        for w in got.windows(2) {
+            if w[1].2.is_none() {
+                assert!(w[0].2.is_some() && w[0].1 == w[1].1, "a tail without its head: {w:?}");
+            }
+        }
+        got
+    };
+    let tids = |got: &[(u64, u32, Option<u8>)]| {
+        let mut t: Vec<u8> = got.iter().filter_map(|g| g.2).collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    };
+    let got = frames(&net);
+    let n = got.len();
+    assert!(n > 0 && tids(&got) == [0, 1, 2], "{:?}", tids(&got));
+    let keyframes = publisher.keyframes;
+    let now = net.now;
+    net.sfu.set_track_limits(now, bob, track, limit(10)).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    let got = frames(&net);
+    let m = got.len();
+    // The first frame after the change may still be of the old layers.
+    assert_eq!(tids(&got[n + 2..]), [0]);
+    let limited_fps = got[n + 2..].iter().filter(|g| g.2.is_some()).count() as f64 / 2.0;
+    assert!((6.0..=9.0).contains(&limited_fps), "{limited_fps} fps");
+    let now = net.now;
+    net.sfu.set_track_limits(now, bob, track, limit(0)).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, Duration::from_secs(2));
+    let got = frames(&net);
+    assert_eq!(tids(&got[m..]), [0, 1, 2]);
+    // The last second has every frame (30 fps), and no keyframe was needed.
+    let last: Vec<_> = got[got.len() - 60..].iter().filter(|g| g.2.is_some()).collect();
+    assert_eq!(last.len(), 30);
+    assert_eq!(publisher.keyframes, keyframes);
 }

@@ -6,6 +6,7 @@
 //   ?room=NAME&identity=ID             join at once with a development-mode token
 //   &name=DISPLAY  &camera=0  &mic=0  &simulcast=0
 //   &codec=vp9 (or vp8, h264, av1: the camera's preferred codec)  &dtx=0
+//   &svc=L1T3 (the camera's scalability mode in each encoding)
 // `window.rtcDemo` exposes the room and the page's state for scripts.
 import { Room, RoomEvent, RtcError } from "/sdk/rtc.js";
 
@@ -131,7 +132,8 @@ async function publishCamera(simulcast = $("use-simulcast").checked) {
   const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 } });
   const track = stream.getVideoTracks()[0];
   const videoCodec = params.get("codec") || undefined;
-  const pub = await room.localParticipant.publishTrack(track, { source: "camera", simulcast, videoCodec });
+  const scalabilityMode = params.get("svc") || undefined;
+  const pub = await room.localParticipant.publishTrack(track, { source: "camera", simulcast, videoCodec, scalabilityMode });
   showLocal();
   return pub;
 }

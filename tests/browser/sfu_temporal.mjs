@@ -4,15 +4,17 @@
 // drops the upper temporal layers, so his decoded frame rate falls while
 // frames keep being decoded (no keyframe is needed to drop them); with the
 // limit lifted it comes back (at the encoder's next layer-sync frame).
+// With `codec` (and `svc`, a scalability mode such as L1T3) ann's camera
+// prefers that codec and asks for those layers in each encoding.
 //
-// Config: {base, room, timeoutMs}
+// Config: {base, room, timeoutMs, codec?, svc?}
 import { cfg, main, newPage, openDemo, pollUntil, sleep } from './sfu_common.mjs';
 
 await main(async (browser) => {
   const ann = await newPage(browser, 'ann');
   const ben = await newPage(browser, 'ben');
   const out = {};
-  await openDemo(ann, { room: cfg.room, identity: 'ann', mic: 0 });
+  await openDemo(ann, { room: cfg.room, identity: 'ann', mic: 0, ...(cfg.codec ? { codec: cfg.codec } : {}), ...(cfg.svc ? { svc: cfg.svc } : {}) });
   await openDemo(ben, { room: cfg.room, identity: 'ben', camera: 0, mic: 0 });
   const timeoutMs = cfg.timeoutMs ?? 30000;
 

@@ -411,8 +411,32 @@ fn max_fps_drops_temporal_layers() {
     if !prerequisites() {
         return;
     }
-    let mut server = Server::start("temporal");
-    let v = server.run("sfu_temporal.mjs", json!({ "room": "temporal", "timeoutMs": 30000 }));
+    temporal_layers("video/VP8", json!({}));
+}
+
+/// The same with AV1, whose temporal layers Chrome encodes only when asked
+/// (`scalabilityMode: "L1T3"`); the SFU reads them from the OBU extension
+/// headers.
+#[test]
+fn max_fps_drops_av1_temporal_layers() {
+    if !prerequisites() {
+        return;
+    }
+    temporal_layers("video/AV1", json!({ "codec": "av1", "svc": "L1T3" }));
+}
+
+fn temporal_layers(mime: &str, publish: Value) {
+    let tag = if mime == "video/VP8" {
+        "temporal"
+    } else {
+        "temporal-av1"
+    };
+    let mut server = Server::start(tag);
+    let mut cfg = json!({ "room": tag, "timeoutMs": 30000 });
+    if let (Some(cfg), Some(extra)) = (cfg.as_object_mut(), publish.as_object()) {
+        cfg.extend(extra.clone());
+    }
+    let v = server.run("sfu_temporal.mjs", cfg);
     let fps = |step: &str| {
         v[step]["fps"]
             .as_f64()
@@ -420,8 +444,17 @@ fn max_fps_drops_temporal_layers() {
     };
     let (full, limited, later, restored) = (fps("full"), fps("limited"), fps("limitedLater"), fps("restored"));
     eprintln!(
-        "temporal: decoded fps full {full:.1}, limit {}, limited {limited:.1}, later {later:.1}, restored {restored:.1}; keyframes while limited {}; sent {}",
+        "{tag}: decoded fps full {full:.1}, limit {}, limited {limited:.1}, later {later:.1}, restored {restored:.1}; keyframes while limited {}; sent {}",
         v["limit"], v["limitedLater"]["keyFrames"], v["sent"]
+    );
+    // The layer watched (q) was encoded as asked: the codec, and temporal
+    // layers.
+    assert_eq!(v["sent"]["q"]["codec"].as_str(), Some(mime), "{v:#}");
+    assert!(
+        v["sent"]["q"]["scalabilityMode"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("L1T") && m != "L1T1"),
+        "q not sent with temporal layers: {v:#}"
     );
     assert!(full >= 12.0, "full frame rate {full}: {v:#}");
     assert!(

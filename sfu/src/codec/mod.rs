@@ -1,10 +1,11 @@
 //! Just enough of each video codec's RTP payload format to forward
-//! temporal layers: which layer a packet belongs to, where frames start and
+//! temporal layers (VP8, VP9, AV1): which layer a packet belongs to, where frames start and
 //! where a receiver may switch up. Parsed once per received packet, before
 //! the fan-out; untrusted input, so errors are values and a packet that
 //! cannot be parsed is treated as unlayered (always forwarded).
 use str0m::format::Codec;
 
+pub mod av1;
 pub mod picture_id;
 pub mod vp8;
 pub mod vp9;
@@ -33,13 +34,18 @@ pub struct FrameInfo {
     /// A switching point: a receiver of the lower layers may start this
     /// packet's layer at this frame (VP8 Y bit, VP9 U bit).
     pub sync: bool,
+    /// A switching point for a receiver of the layer just below this
+    /// packet's (AV1, whose browser structures make every upper-layer
+    /// frame one; see [`av1`]).
+    pub step_up: bool,
     /// First packet of a frame.
     pub frame_start: bool,
     pub keyframe: bool,
 }
 
-/// Reads `payload` of `codec` (`None` for codecs without temporal layer
-/// parsing; the caller detects keyframes on its own then).
+/// Reads `payload` of `codec` (`None` for codecs without stateless
+/// temporal layer parsing; the caller detects keyframes on its own then,
+/// and reads AV1 through [`av1::Av1Frames`]).
 pub fn frame_info(codec: Codec, payload: &[u8]) -> Option<FrameInfo> {
     match codec {
         Codec::Vp8 => {
@@ -47,6 +53,7 @@ pub fn frame_info(codec: Codec, payload: &[u8]) -> Option<FrameInfo> {
             Some(FrameInfo {
                 tid: d.tid,
                 sync: d.layer_sync,
+                step_up: false,
                 frame_start: d.frame_start(),
                 keyframe: d.keyframe,
             })
@@ -56,6 +63,7 @@ pub fn frame_info(codec: Codec, payload: &[u8]) -> Option<FrameInfo> {
             Some(FrameInfo {
                 tid: d.tid.map(|t| t.min(MAX_TEMPORAL as u8 - 1)),
                 sync: d.switching_up,
+                step_up: false,
                 frame_start: d.begin,
                 keyframe: d.keyframe(),
             })

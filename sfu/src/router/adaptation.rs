@@ -179,7 +179,11 @@ impl Router {
                         // A layer without measured temporal layering (yet)
                         // forwards all it has.
                         let layered = t.temporal.is_layered(usize::from(l));
-                        d.temporal.set_target(if layered { a.temporal } else { TOP });
+                        let temporal = if layered { a.temporal } else { TOP };
+                        if temporal != d.temporal.target() {
+                            tracing::debug!(?participant, track = ?d.source, temporal, estimate = estimate.as_u64(), allocated = summary.allocated_bps, probe = ?summary.probe_bps, "temporal target");
+                        }
+                        d.temporal.set_target(temporal);
                         let rid = t.rids.get(usize::from(l)).copied();
                         if rid != d.target || was_paused {
                             tracing::debug!(?participant, track = ?d.source, ?rid, estimate = estimate.as_u64(), probe = ?summary.probe_bps, "layer target");

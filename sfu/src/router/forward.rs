@@ -99,9 +99,15 @@ impl Router {
             Some(FrameInfo {
                 tid: d.tid,
                 sync: d.layer_sync,
+                step_up: false,
                 frame_start: d.frame_start(),
                 keyframe,
             })
+        } else if is_video && codec == str0m::format::Codec::Av1 {
+            track
+                .av1
+                .get_mut(layer)
+                .and_then(|f| f.frame_info(&packet.payload, packet.header.timestamp, keyframe))
         } else if is_video {
             codec::frame_info(codec, &packet.payload).map(|f| FrameInfo { keyframe, ..f })
         } else {

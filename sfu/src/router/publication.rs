@@ -47,6 +47,7 @@ impl Track {
             resumed_at: [None; MAX_LAYERS],
             msid: None,
             temporal: TemporalStats::default(),
+            av1: Default::default(),
         }
     }
 }

@@ -817,8 +817,10 @@ export class LocalParticipant extends Participant {
    * Publishes a track: announces it (`publish`), then renegotiates the
    * publisher connection so the offer carries it. Video is simulcast in
    * three layers (q, h, f) unless `{simulcast: false}`; `{videoCodec:
-   * "vp9"}` (or vp8, h264, av1) prefers that codec; audio is sent with
-   * Opus DTX unless `{dtx: false}`.
+   * "vp9"}` (or vp8, h264, av1) prefers that codec; `{scalabilityMode:
+   * "L1T3"}` asks the encoder for temporal layers in each encoding (Chrome
+   * gives VP8 simulcast three of its own, not AV1 or VP9); audio is sent
+   * with Opus DTX unless `{dtx: false}`.
    */
   async publishTrack(track, options = {}) {
     return this.room._publish(track, options);
@@ -1405,6 +1407,11 @@ export class Room extends EventEmitter {
       const pc = this._pub;
       const init = { direction: "sendonly", streams: [new MediaStream([track])] };
       if (simulcast) init.sendEncodings = simulcastEncodings();
+      // Temporal (or SVC) layers within each encoding, e.g. "L1T3": the SFU
+      // drops upper temporal layers for subscribers that want fewer frames.
+      if (track.kind === "video" && options.scalabilityMode) {
+        init.sendEncodings = (init.sendEncodings ?? [{}]).map((e) => ({ ...e, scalabilityMode: options.scalabilityMode }));
+      }
       const codecs = track.kind === "video" && options.videoCodec ? videoCodecPreferences(options.videoCodec) : null;
       const transceiver = pc.addTransceiver(track, init);
       if (codecs) transceiver.setCodecPreferences(codecs);
