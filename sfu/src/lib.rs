@@ -20,6 +20,11 @@
 //!   headers it needs (no dependency descriptor yet) and keeps VP8
 //!   PictureIDs continuous per subscriber (written by str0m's `Vp8Patch`
 //!   during serialisation, so no copy of the shared payload);
+//! - [`svc`] picks the spatial layers of a VP9 SVC stream (one SSRC, a
+//!   frame per spatial layer in each picture) a subscriber gets: the frames
+//!   above are dropped and the marker moved to the top one kept; down at
+//!   any picture, up at a keyframe; the allocator prices each spatial layer
+//!   as the sum of those up to it;
 //! - [`allocator`] divides a subscriber's bandwidth estimate across its
 //!   down-tracks; [`estimate_recovery`] decides when an estimate that paused
 //!   video cannot raise (str0m learns only from what it sends) is restarted;
@@ -144,6 +149,7 @@ pub mod red;
 pub mod sent_window;
 pub mod simulcast;
 pub mod speaker;
+pub mod svc;
 pub mod temporal;
 
 /// Errors of the SFU's control operations. The packet path has none: bad

@@ -35,6 +35,7 @@ use crate::participant::{Peer, PeerConfig, PeerEvent, Role};
 use crate::red::RedOut;
 use crate::simulcast::{KeyframeRequester, MAX_LAYERS};
 use crate::speaker::{SpeakerConfig, SpeakerDetector};
+use crate::svc::SpatialFilter;
 use crate::temporal::{TemporalFilter, TemporalStats};
 use crate::Error;
 
@@ -243,6 +244,10 @@ struct Track {
     temporal: TemporalStats,
     /// AV1 frame attribution, per simulcast layer.
     av1: [Av1Frames; MAX_LAYERS],
+    /// Spatial layers inside the stream (VP9 SVC), from the scalability
+    /// structure of its keyframes; 0 or 1 for none. A track with them
+    /// has no rids: its layer indices above are spatial layer ids.
+    spatial_layers: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -276,6 +281,8 @@ struct Down {
     dt: DownTrack,
     /// Which temporal layers are forwarded (the allocator's choice).
     temporal: TemporalFilter,
+    /// Which spatial layers of an SVC stream are forwarded.
+    spatial: SpatialFilter,
     /// VP8 PictureID/TL0PICIDX continuity across dropped frames and switches.
     pictures: PictureIdRewriter,
     /// Highest extended output sequence number written (str0m wants
@@ -960,6 +967,7 @@ impl Router {
                     pts: Vec::new(),
                     dt,
                     temporal: TemporalFilter::new(),
+                    spatial: SpatialFilter::default(),
                     pictures: PictureIdRewriter::new(),
                     out_ext: None,
                     await_keyframe: false,

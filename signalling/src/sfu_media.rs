@@ -663,12 +663,15 @@ impl Adapter {
         if let Err(e) = self.sfu.set_track_settings(id, track, paused, rid).await {
             tracing::debug!(sid = %sub.sid, track_sid, error = %e, "SFU track settings failed");
         }
-        // The frame rate maps to temporal layers inside the SFU. Sizes are
-        // already applied through the pinned layer above, so they are not
-        // passed twice (the SFU's own size cap would pick differently).
+        // The frame rate maps to temporal layers inside the SFU. Sizes of a
+        // simulcast track are already applied through the pinned layer
+        // above, so they are not passed twice (the SFU's own size cap would
+        // pick differently); a track without rids may have spatial layers
+        // inside its one stream (VP9 SVC), which only the SFU sees.
+        let sized = t.rids.is_empty();
         let limits = sfu::Limits {
-            max_width: 0,
-            max_height: 0,
+            max_width: if sized { s.settings.max_width } else { 0 },
+            max_height: if sized { s.settings.max_height } else { 0 },
             max_fps: s.settings.max_fps,
         };
         if let Err(e) = self.sfu.set_track_limits(id, track, limits).await {

@@ -6,7 +6,7 @@
 //   ?room=NAME&identity=ID             join at once with a development-mode token
 //   &name=DISPLAY  &camera=0  &mic=0  &simulcast=0
 //   &codec=vp9 (or vp8, h264, av1: the camera's preferred codec)  &dtx=0
-//   &svc=L1T3 (the camera's scalability mode in each encoding)
+//   &svc=L1T3 (the camera's scalability mode in each encoding; &simulcast=0&codec=vp9&svc=L3T3_KEY: VP9 SVC)
 // `window.rtcDemo` exposes the room and the page's state for scripts.
 import { Room, RoomEvent, RtcError } from "/sdk/rtc.js";
 

@@ -466,6 +466,31 @@ fn temporal_layers(mime: &str, publish: Value) {
     assert!(restored >= full * 0.75, "restored {restored} of {full}: {v:#}");
 }
 
+/// VP9 SVC: one stream with three spatial layers (`L3T3_KEY`); a
+/// subscriber that renders small gets only the lowest spatial layer (the
+/// SFU drops the others and ends each picture on the layer it keeps), and
+/// the full resolution again when the limit goes.
+#[test]
+fn vp9_svc_spatial_layers_follow_video_size() {
+    if !prerequisites() {
+        return;
+    }
+    let mut server = Server::start("svc");
+    let v = server.run("sfu_svc.mjs", json!({ "room": "svc", "timeoutMs": 30000 }));
+    eprintln!("svc: {v}");
+    let full = u64_at(&v, "/full/frameWidth");
+    let small = u64_at(&v, "/small/frameWidth");
+    assert_eq!(v["sentFull"]["encodings"], 1, "one encoding, not simulcast: {v:#}");
+    assert_eq!(v["sentFull"]["codec"], "video/VP9", "{v:#}");
+    assert_eq!(full, u64_at(&v, "/sentFull/frameWidth"), "{v:#}");
+    assert!(small > 0 && small * 4 <= full, "small {small} of {full}: {v:#}");
+    assert!(
+        u64_at(&v, "/smallLater/framesDecoded") > u64_at(&v, "/small/framesDecoded"),
+        "decoding stopped at the low layer: {v:#}"
+    );
+    assert_eq!(u64_at(&v, "/restored/frameWidth"), full, "{v:#}");
+}
+
 /// Test 4: permissions: a token without can_publish cannot publish (a
 /// clear error on the page); a track muted through the REST API is seen
 /// muted by its subscriber, whose frames stop; a participant removed

@@ -10,8 +10,8 @@
 //! |   TL0PICIDX   |   (non-flexible mode only)
 //! |  P_DIFF     |N|   (flexible mode, P set: up to 3)
 //! ```
-//! Only what forwarding needs is read; the scalability structure after
-//! the reference indices is skipped.
+//! Only what forwarding needs is read: of the scalability structure (V,
+//! sent with keyframes) the number of spatial layers and their sizes.
 
 use super::ParseError;
 
@@ -31,8 +31,18 @@ pub struct Vp9Descriptor {
     pub switching_up: bool,
     pub sid: Option<u8>,
     pub tl0_pic_idx: Option<u8>,
+    /// The scalability structure, when V is set.
+    pub ss: Option<ScalabilityStructure>,
     /// Bytes of descriptor up to the scalability structure (or payload).
     pub len: usize,
+}
+
+/// How many spatial layers the stream has and (when the structure says)
+/// their sizes, lowest first; sizes past the third are not kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScalabilityStructure {
+    pub spatial_layers: u8,
+    pub sizes: Option<[(u16, u16); 3]>,
 }
 
 impl Vp9Descriptor {
@@ -87,10 +97,31 @@ pub fn parse(p: &[u8]) -> Result<Vp9Descriptor, ParseError> {
         }
     }
     d.len = i;
+    if b0 & 0x02 != 0 {
+        d.ss = Some(scalability_structure(p.get(d.len..).unwrap_or_default())?);
+    }
     if d.len >= p.len() && b0 & 0x02 == 0 {
         return Err(ParseError::NoPayload);
     }
     Ok(d)
+}
+
+/// |N_S|Y|G|-|-|-|, then N_S + 1 sizes when Y (the group description
+/// after them is not needed).
+fn scalability_structure(p: &[u8]) -> Result<ScalabilityStructure, ParseError> {
+    let b = *p.first().ok_or(ParseError::Truncated)?;
+    let spatial_layers = (b >> 5) + 1;
+    let mut sizes = None;
+    if b & 0x10 != 0 {
+        let n = usize::from(spatial_layers);
+        let table = p.get(1..1 + 4 * n).ok_or(ParseError::Truncated)?;
+        let mut all = [(0u16, 0u16); 3];
+        for (slot, c) in all.iter_mut().zip(table.chunks_exact(4)) {
+            *slot = (u16::from_be_bytes([c[0], c[1]]), u16::from_be_bytes([c[2], c[3]]));
+        }
+        sizes = Some(all);
+    }
+    Ok(ScalabilityStructure { spatial_layers, sizes })
 }
 
 #[cfg(test)]
@@ -123,6 +154,35 @@ mod tests {
         assert_eq!(d.len, 5);
         // A fourth reference is malformed.
         assert_eq!(parse(&[0xd0, 0x05, 0x03, 0x03, 0x03, 0x00]), Err(ParseError::Malformed));
+    }
+
+    /// A libwebrtc L3T3_KEY keyframe's first packet: I L B V; SID 0;
+    /// three layers with sizes (320x180, 640x360, 1280x720) and a group.
+    #[test]
+    fn scalability_structure_gives_layers_and_sizes() {
+        let p = [
+            0xaa, 0x80, 0x07, 0x00, 3,    // I L B V, PictureID 7, TID 0 SID 0, TL0PICIDX
+            0x58, // N_S = 2, Y, G
+            0x01, 0x40, 0x00, 0xb4, 0x02, 0x80, 0x01, 0x68, 0x05, 0x00, 0x02, 0xd0, //
+            0x01, 0x00, // N_G = 1: TID 0, no references
+            0x83, // payload
+        ];
+        let d = parse(&p).unwrap();
+        assert!(d.keyframe());
+        let ss = d.ss.unwrap();
+        assert_eq!(ss.spatial_layers, 3);
+        assert_eq!(ss.sizes, Some([(320, 180), (640, 360), (1280, 720)]));
+        // Sizes cut short: truncated, not misread.
+        assert_eq!(parse(&p[..12]), Err(ParseError::Truncated));
+        // Without Y: the layer count only.
+        let d = parse(&[0xaa, 0x80, 0x07, 0x00, 3, 0x40, 0x83]).unwrap();
+        assert_eq!(
+            d.ss,
+            Some(ScalabilityStructure {
+                spatial_layers: 3,
+                sizes: None
+            })
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use str0m::bwe::Bitrate;
 use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
 
 use super::{layer_of, Down, ParticipantId, Router, SfuEvent, Track, DYNACAST_DELAY};
-use crate::allocator::{allocate, Allocation, AllocationState, TrackDemand, TrackKind};
+use crate::allocator::{allocate, Allocation, AllocationState, LayerRates, TrackDemand, TrackKind, MAX_TEMPORAL};
 use crate::simulcast::{allowed_max_layer, LayerInfo, Preferences, MAX_LAYERS};
 use crate::temporal::{layer_rates, temporal_cap, TOP};
 
@@ -23,7 +23,7 @@ const RESUME_GRACE: Duration = Duration::from_secs(5);
 /// smallest layer that covers the size it renders at (scaling a bigger
 /// picture down looks better than scaling a smaller one up).
 fn max_layer(t: &Track, d: &Down) -> u8 {
-    let count = t.rids.len().clamp(1, MAX_LAYERS);
+    let count = t.layer_count();
     let mut layers = [LayerInfo::default(); MAX_LAYERS];
     for (l, (w, h)) in layers.iter_mut().zip(t.dims) {
         l.width = w;
@@ -40,6 +40,28 @@ fn max_layer(t: &Track, d: &Down) -> u8 {
         paused: false,
     };
     allowed_max_layer(&layers[..count], &prefs).unwrap_or(0)
+}
+
+/// An SVC stream's table: forwarding spatial layer `s` sends every layer
+/// up to it, so its price is the sum of theirs (at the same temporal
+/// layer; a layer measured without temporal layering at its full price).
+fn cumulative(own: LayerRates) -> LayerRates {
+    let mut out = [[None; MAX_TEMPORAL]; MAX_LAYERS];
+    for t in 0..MAX_TEMPORAL {
+        let mut sum = Some(0u64);
+        for s in 0..MAX_LAYERS {
+            let row = &own[s];
+            let unlayered = row[1..].iter().all(Option::is_none);
+            let price = if unlayered { row[0] } else { row[t] };
+            sum = sum.zip(price).map(|(a, b)| a.saturating_add(b));
+            // A layer that is absent ends the ladder.
+            if row[0].is_none() {
+                break;
+            }
+            out[s][t] = sum;
+        }
+    }
+    out
 }
 
 impl Router {
@@ -119,7 +141,7 @@ impl Router {
             // Until a layer has been measured (first second of a track), it
             // is assumed to cost what such a layer typically does, so a new
             // subscription is not paused for lack of data.
-            let defaults: &[u64] = match (t.kind, t.rids.len()) {
+            let defaults: &[u64] = match (t.kind, t.layer_count()) {
                 (MediaKind::Audio, _) => &[40_000],
                 (MediaKind::Video, 0 | 1) => &[300_000],
                 (MediaKind::Video, 2) => &[150_000, 600_000],
@@ -136,12 +158,19 @@ impl Router {
                     *l = Some(t.last_bps[i].unwrap_or(*d));
                 }
             }
-            let rates = layer_rates(layers, &t.temporal, d.limits.max_fps);
+            let mut rates = layer_rates(layers, &t.temporal, d.limits.max_fps);
+            if t.is_svc() {
+                rates = cumulative(rates);
+            }
             let max_layer = max_layer(t, d);
-            let current = d.current.map(|r| layer_of(&t.rids, Some(r)) as u8).or_else(|| {
-                // A single stream being forwarded is layer 0.
-                (d.current.is_none() && t.rids.is_empty() && !d.bw_paused).then_some(0)
-            });
+            let current = if t.is_svc() {
+                d.spatial.current().filter(|_| !d.bw_paused)
+            } else {
+                d.current.map(|r| layer_of(&t.rids, Some(r)) as u8).or_else(|| {
+                    // A single stream being forwarded is layer 0.
+                    (d.current.is_none() && t.rids.is_empty() && !d.bw_paused).then_some(0)
+                })
+            };
             let current = current.map(|s| {
                 let tl = if t.temporal.is_layered(usize::from(s)) {
                     d.temporal.current().unwrap_or(d.temporal.target())
@@ -184,6 +213,13 @@ impl Router {
                             tracing::debug!(?participant, track = ?d.source, temporal, estimate = estimate.as_u64(), allocated = summary.allocated_bps, probe = ?summary.probe_bps, "temporal target");
                         }
                         d.temporal.set_target(temporal);
+                        if t.is_svc() && l != d.spatial.target() {
+                            tracing::debug!(?participant, track = ?d.source, spatial = l, estimate = estimate.as_u64(), probe = ?summary.probe_bps, "spatial target");
+                            d.spatial.set_target(l);
+                            if d.spatial.wants_keyframe() {
+                                switches.push((d.source, None));
+                            }
+                        }
                         let rid = t.rids.get(usize::from(l)).copied();
                         if rid != d.target || was_paused {
                             tracing::debug!(?participant, track = ?d.source, ?rid, estimate = estimate.as_u64(), probe = ?summary.probe_bps, "layer target");

@@ -7,11 +7,14 @@ use std::time::Instant;
 use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
+use str0m::format::Codec;
+
 use super::{extend_seq, layer_of, DownState, Router, SfuEvent, TrackId, Write, MAX_QUEUED_PACKETS, RATE_WINDOW};
-use crate::codec::{self, vp8, FrameInfo};
+use crate::codec::{self, vp8, vp9, FrameInfo, MAX_TEMPORAL};
 use crate::downtrack::{PacketInfo, SourceId};
 use crate::keyframe::is_keyframe;
 use crate::red::{self, RedOut};
+use crate::simulcast::MAX_LAYERS;
 
 impl Router {
     /// Fans one received packet out to the track's down-tracks.
@@ -27,30 +30,6 @@ impl Router {
             return;
         }
         let layer = layer_of(&track.rids, rid);
-        // Layer bitrates over fixed windows of arrival time.
-        let window = *track.window_start.get_or_insert(now);
-        if now.saturating_duration_since(window) >= RATE_WINDOW {
-            let secs = now.saturating_duration_since(window).as_secs_f64();
-            for ((bps, last), bytes) in track
-                .layer_bps
-                .iter_mut()
-                .zip(track.last_bps.iter_mut())
-                .zip(track.layer_bytes.iter_mut())
-            {
-                let rate = (*bytes > 0).then(|| (*bytes as f64 * 8.0 / secs) as u64);
-                // A window is remembered once the next one also had packets
-                // (so the layer flowed through all of it): the window a layer
-                // stops in is partial and would understate its cost.
-                if rate.is_some() && bps.is_some() {
-                    *last = *bps;
-                }
-                *bps = rate;
-                *bytes = 0;
-            }
-            track.window_start = Some(now);
-        }
-        track.layer_bytes[layer] += (packet.payload.len() + packet.header.header_len) as u64;
-
         let pt_in = packet.header.payload_type;
         let params = match track.params.iter().find(|(p, _)| *p == pt_in) {
             Some((_, params)) => *params,
@@ -90,7 +69,56 @@ impl Router {
             }
         }
         let codec = params.spec().codec;
-        let keyframe = is_video && is_keyframe(codec, &packet.payload);
+        let vp9 = (is_video && codec == Codec::Vp9)
+            .then(|| vp9::parse(&packet.payload).ok())
+            .flatten();
+        // SVC: spatial layers inside the one stream (no rids), announced by
+        // the scalability structure of its keyframes.
+        if let (Some(ss), true) = (vp9.and_then(|d| d.ss), track.rids.is_empty()) {
+            track.spatial_layers = ss.spatial_layers.min(MAX_LAYERS as u8);
+            if let Some(sizes) = ss.sizes {
+                for (dim, (w, h)) in track.dims.iter_mut().zip(sizes) {
+                    *dim = (u32::from(w), u32::from(h));
+                }
+            }
+        }
+        let spatial = vp9
+            .filter(|_| track.spatial_layers > 1 && track.rids.is_empty())
+            .map(|d| d.sid.unwrap_or(0).min(MAX_LAYERS as u8 - 1));
+        // Rates and temporal stats are per spatial layer of an SVC stream.
+        let measured = spatial.map_or(layer, usize::from);
+        // Layer bitrates over fixed windows of arrival time.
+        let window = *track.window_start.get_or_insert(now);
+        if now.saturating_duration_since(window) >= RATE_WINDOW {
+            let secs = now.saturating_duration_since(window).as_secs_f64();
+            for ((bps, last), bytes) in track
+                .layer_bps
+                .iter_mut()
+                .zip(track.last_bps.iter_mut())
+                .zip(track.layer_bytes.iter_mut())
+            {
+                let rate = (*bytes > 0).then(|| (*bytes as f64 * 8.0 / secs) as u64);
+                // A window is remembered once the next one also had packets
+                // (so the layer flowed through all of it): the window a layer
+                // stops in is partial and would understate its cost.
+                if rate.is_some() && bps.is_some() {
+                    *last = *bps;
+                }
+                *bps = rate;
+                *bytes = 0;
+            }
+            track.window_start = Some(now);
+        }
+        track.layer_bytes[measured] += (packet.payload.len() + packet.header.header_len) as u64;
+
+        // Every layer frame of an SVC keyframe is intra-coded; only the
+        // picture's first starts it.
+        let keyframe = is_video
+            && match (spatial, vp9) {
+                (Some(_), Some(d)) => d.keyframe(),
+                _ => is_keyframe(codec, &packet.payload),
+            };
+        let picture_start = vp9.is_some_and(|d| d.begin && d.sid.unwrap_or(0) == 0);
         // Parsed once here, not per subscriber.
         let vp8 = (is_video && codec == str0m::format::Codec::Vp8)
             .then(|| vp8::parse(&packet.payload).ok())
@@ -108,6 +136,14 @@ impl Router {
                 .av1
                 .get_mut(layer)
                 .and_then(|f| f.frame_info(&packet.payload, packet.header.timestamp, keyframe))
+        } else if let Some(d) = &vp9 {
+            Some(FrameInfo {
+                tid: d.tid.map(|t| t.min(MAX_TEMPORAL as u8 - 1)),
+                sync: d.switching_up,
+                step_up: false,
+                frame_start: d.begin,
+                keyframe,
+            })
         } else if is_video {
             codec::frame_info(codec, &packet.payload).map(|f| FrameInfo { keyframe, ..f })
         } else {
@@ -115,7 +151,9 @@ impl Router {
         };
         if is_video {
             let bytes = packet.payload.len() + packet.header.header_len;
-            track.temporal.on_packet(now, layer, &frame.unwrap_or_default(), bytes);
+            track
+                .temporal
+                .on_packet(now, measured, &frame.unwrap_or_default(), bytes);
         }
         // str0m's own view of the descriptor, needed to build a patch; only
         // parsed when some subscriber's numbering differs.
@@ -173,9 +211,33 @@ impl Router {
                 d.dt.resume();
             }
             let mut info = info;
-            if let Some(f) = &frame {
-                info.droppable = !d.temporal.accept(f);
+            let mut spatial_drop = false;
+            if let Some(layer) = spatial {
+                let before = d.spatial.current();
+                match d
+                    .spatial
+                    .accept(layer, picture_start, keyframe, vp9.is_some_and(|v| v.end))
+                {
+                    None => spatial_drop = true,
+                    Some(ends_picture) => info.marker |= ends_picture,
+                }
+                if d.spatial.wants_keyframe() {
+                    want_keyframe = Some(rid);
+                } else if before != d.spatial.current() && !self.realloc.contains(&sub) {
+                    // A switch completed: the allocation may probe again.
+                    self.realloc.push(sub);
+                }
             }
+            if let Some(f) = &frame {
+                // The temporal filter switches at pictures, not at each of
+                // their spatial layer frames.
+                let f = FrameInfo {
+                    frame_start: f.frame_start && (spatial.is_none() || picture_start),
+                    ..*f
+                };
+                info.droppable = !d.temporal.accept(&f);
+            }
+            info.droppable |= spatial_drop;
             let Some(rw) = d.dt.forward(&info) else {
                 if let (true, Some(v)) = (info.droppable, &vp8) {
                     d.pictures.dropped(v);

@@ -27,6 +27,20 @@ use crate::simulcast::{KeyframeRequester, MAX_LAYERS};
 use crate::temporal::TemporalStats;
 
 impl Track {
+    /// Spatial layers inside one stream (VP9 SVC) rather than simulcast.
+    pub(super) fn is_svc(&self) -> bool {
+        self.rids.is_empty() && self.spatial_layers > 1
+    }
+
+    /// How many layers the allocator chooses among.
+    pub(super) fn layer_count(&self) -> usize {
+        if self.is_svc() {
+            usize::from(self.spatial_layers)
+        } else {
+            self.rids.len().clamp(1, MAX_LAYERS)
+        }
+    }
+
     pub(super) fn new(kind: MediaKind, rids: Vec<Rid>) -> Track {
         Track {
             kind,
@@ -48,6 +62,7 @@ impl Track {
             msid: None,
             temporal: TemporalStats::default(),
             av1: Default::default(),
+            spatial_layers: 0,
         }
     }
 }

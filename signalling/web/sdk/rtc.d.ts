@@ -165,7 +165,11 @@ export interface PublishOptions {
   name?: string;
   /** Video only: the codec to prefer (the others stay as fallbacks). Default: the browser's choice. */
   videoCodec?: "vp8" | "vp9" | "h264" | "av1";
-  /** Video only: the encoder's scalability mode for each encoding, e.g. "L1T3" (temporal layers). Default: the browser's choice. */
+  /**
+   * Video only: the encoder's scalability mode for each encoding, e.g. "L1T3" (temporal layers), or with
+   * `{simulcast: false, videoCodec: "vp9"}` "L3T3_KEY" (three spatial layers in one stream, which the SFU
+   * selects per subscriber). Default: the browser's choice.
+   */
   scalabilityMode?: string;
   /** Audio only: Opus discontinuous transmission (few packets in silence). Default true. */
   dtx?: boolean;

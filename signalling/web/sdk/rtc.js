@@ -819,7 +819,9 @@ export class LocalParticipant extends Participant {
    * three layers (q, h, f) unless `{simulcast: false}`; `{videoCodec:
    * "vp9"}` (or vp8, h264, av1) prefers that codec; `{scalabilityMode:
    * "L1T3"}` asks the encoder for temporal layers in each encoding (Chrome
-   * gives VP8 simulcast three of its own, not AV1 or VP9); audio is sent
+   * gives VP8 simulcast three of its own, not AV1 or VP9), and with
+   * `{simulcast: false, videoCodec: "vp9"}` `"L3T3_KEY"` for spatial layers
+   * in one stream (VP9 SVC, selected by the SFU); audio is sent
    * with Opus DTX unless `{dtx: false}`.
    */
   async publishTrack(track, options = {}) {

@@ -1,0 +1,275 @@
+//! VP9 spatial layers inside one stream (SVC) through the router: a
+//! publisher sends three spatial layers per picture on one SSRC (the
+//! `L3T3_KEY` shape, one temporal layer here), with the scalability
+//! structure and layer sizes on each keyframe; a subscriber gets the layers
+//! its estimate and rendered size allow, each picture ending (RTP marker) on
+//! the top layer it gets, sequence numbers without gaps, and moves up only
+//! at a keyframe.
+mod common;
+
+use std::time::Duration;
+
+use common::Net;
+use sfu::codec::vp9;
+use sfu::participant::Role;
+use sfu::router::TrackId;
+use str0m::bwe::Bitrate;
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::rtp::RtpWrite;
+use str0m::Event;
+
+const FRAME: Duration = Duration::from_micros(33_333);
+/// Payload bytes per layer frame: at 30 fps about 50, 100 and 200 kbit/s.
+const SIZES: [usize; 3] = [200, 400, 800];
+
+struct Publisher {
+    seq: u64,
+    picture: u64,
+    force_key: bool,
+    requested: usize,
+}
+
+impl Publisher {
+    /// One picture: a frame per spatial layer, lowest first, one packet
+    /// each (B and E), the marker on the last. A keyframe every 4 s or at
+    /// the next picture after a request; its first packet carries the
+    /// scalability structure with the sizes 320x180, 640x360, 1280x720.
+    fn send_picture(&mut self, net: &mut Net, c: usize, mid: Mid) {
+        let requested = net.clients[c]
+            .events
+            .drain(..)
+            .any(|e| matches!(e, Event::KeyframeRequest(_)));
+        if requested {
+            self.requested += 1;
+        }
+        self.force_key |= requested;
+        let key = self.picture.is_multiple_of(120) || self.force_key;
+        if key {
+            self.force_key = false;
+        }
+        let now = net.now;
+        let rtc = &mut net.clients[c].rtc;
+        let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp9).unwrap().pt();
+        let pid = (self.picture & 0x7fff) as u16;
+        for (sid, size) in SIZES.iter().enumerate() {
+            // I, P unless a keyframe, L, B, E; V on the keyframe's first.
+            let v = key && sid == 0;
+            let mut d = vec![
+                0xac | u8::from(!key) << 6 | u8::from(v) << 1,
+                0x80 | (pid >> 8) as u8,
+                pid as u8,
+                (sid as u8) << 1 | u8::from(key && sid > 0), // TID 0, D on a keyframe
+                (self.picture & 0xff) as u8,
+            ];
+            if v {
+                d.push(0x50); // N_S = 2, Y
+                for (w, h) in [(320u16, 180u16), (640, 360), (1280, 720)] {
+                    d.extend(w.to_be_bytes());
+                    d.extend(h.to_be_bytes());
+                }
+            }
+            let mut payload = vec![0xAAu8; *size];
+            payload[..d.len()].copy_from_slice(&d);
+            let mut api = rtc.direct_api();
+            let stream = api.stream_tx_by_mid(mid, None).expect("publisher stream");
+            stream.write_rtp(
+                RtpWrite::new(pt, self.seq.into(), 3000 * self.picture as u32, now, payload)
+                    .marker(sid == 2)
+                    .nackable(true),
+            );
+            self.seq += 1;
+        }
+        self.picture += 1;
+    }
+}
+
+/// A packet the subscriber got: sequence number, marker, descriptor.
+type Got = (u64, bool, vp9::Vp9Descriptor);
+
+struct Room {
+    net: Net,
+    bob: sfu::ParticipantId,
+    track: TrackId,
+    a: usize,
+    b: usize,
+    mid: Mid,
+    publisher: Publisher,
+}
+
+impl Room {
+    /// Alice publishes for 2 s (the SFU measures each spatial layer), then
+    /// bob subscribes with `estimate` imposed on his downlink.
+    fn new(estimate: Bitrate) -> Room {
+        let mut net = Net::new();
+        let now = net.now;
+        let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
+        let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
+        let a = net.add_client("10.0.0.2:4000");
+        let b = net.add_client("10.0.0.3:4000");
+        let mut mid = None;
+        net.publish_offer(a, alice, |api| {
+            mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        });
+        let mid = mid.unwrap();
+        assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
+        let mut room = Room {
+            net,
+            bob,
+            track: TrackId { publisher: alice, mid },
+            a,
+            b,
+            mid,
+            publisher: Publisher {
+                seq: 65_400,
+                picture: 0,
+                force_key: false,
+                requested: 0,
+            },
+        };
+        room.run(Duration::from_secs(2));
+        let now = room.net.now;
+        room.net.sfu.set_estimate_override(now, bob, Some(estimate));
+        room.net.sfu.subscribe(now, bob, room.track).unwrap();
+        room.net.answer_offers(b, bob);
+        assert!(room
+            .net
+            .run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+        room
+    }
+
+    fn run(&mut self, d: Duration) {
+        let end = self.net.now + d;
+        while self.net.now < end {
+            self.publisher.send_picture(&mut self.net, self.a, self.mid);
+            self.net.run(FRAME);
+        }
+    }
+
+    fn received(&self) -> Vec<Got> {
+        self.net.clients[self.b]
+            .rtp_packets()
+            .filter(|p| SIZES.contains(&p.payload.len()))
+            .map(|p| {
+                (
+                    *p.seq_no,
+                    p.header.marker,
+                    vp9::parse(&p.payload).expect("a VP9 descriptor"),
+                )
+            })
+            .collect()
+    }
+
+    fn set_estimate(&mut self, b: Bitrate) {
+        let now = self.net.now;
+        self.net.sfu.set_estimate_override(now, self.bob, Some(b));
+    }
+}
+
+/// The spatial layers of the pictures in `got` (after the first complete
+/// picture), checking along the way that numbers have no gap and each
+/// picture ends with the marker on its top layer and nowhere else.
+fn spatial_layers(got: &[Got]) -> Vec<u8> {
+    for w in got.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "sequence gap: {w:?}");
+    }
+    let start = got.iter().position(|g| g.2.sid == Some(0)).unwrap_or(got.len());
+    let got = &got[start..];
+    let mut layers = Vec::new();
+    for (i, (_, marker, d)) in got.iter().enumerate() {
+        let next_starts = got.get(i + 1).is_some_and(|n| n.2.sid == Some(0));
+        if got.get(i + 1).is_some() {
+            assert_eq!(
+                *marker, next_starts,
+                "marker must end each picture, only there: {:?}",
+                &got[i]
+            );
+        }
+        let sid = d.sid.unwrap();
+        if !layers.contains(&sid) {
+            layers.push(sid);
+        }
+    }
+    layers.sort_unstable();
+    layers
+}
+
+#[test]
+fn estimate_picks_spatial_layers_and_moving_up_waits_for_a_keyframe() {
+    // About 150 kbit/s for layers 0 and 1 (plus headroom), 350 for all.
+    let mut room = Room::new(Bitrate::kbps(220));
+    room.run(Duration::from_secs(2));
+    let got = room.received();
+    assert!(!got.is_empty(), "bob got nothing");
+    assert_eq!(spatial_layers(&got), [0, 1], "two layers fit 220 kbit/s");
+
+    // Down to the base layer: at the next picture, no keyframe needed.
+    let (requested, mark) = (room.publisher.requested, got.len());
+    room.set_estimate(Bitrate::kbps(80));
+    room.run(Duration::from_secs(1));
+    let got = room.received();
+    assert_eq!(spatial_layers(&got[mark + 2..]), [0]);
+    assert_eq!(
+        room.publisher.requested, requested,
+        "no keyframe asked for to move down"
+    );
+
+    // Up to all three: asks for a keyframe and moves there.
+    let (requested, mark) = (room.publisher.requested, got.len());
+    room.set_estimate(Bitrate::mbps(10));
+    room.run(Duration::from_secs(1));
+    assert!(room.publisher.requested > requested, "no keyframe asked for");
+    let got = room.received();
+    let up = got[mark..]
+        .iter()
+        .position(|g| g.2.sid == Some(2))
+        .expect("layer 2 never forwarded");
+    assert!(
+        got[mark + up - 2].2.keyframe(),
+        "moved up at a picture that is not a keyframe"
+    );
+    assert_eq!(spatial_layers(&got[mark + up - 2..]), [0, 1, 2]);
+    spatial_layers(&got);
+}
+
+#[test]
+fn rendered_size_caps_the_spatial_layer() {
+    let mut room = Room::new(Bitrate::mbps(10));
+    room.run(Duration::from_secs(1));
+    let got = room.received();
+    assert_eq!(spatial_layers(&got), [0, 1, 2]);
+    let (now, bob, track) = (room.net.now, room.bob, room.track);
+    let small = sfu::Limits {
+        max_width: 320,
+        max_height: 180,
+        ..sfu::Limits::default()
+    };
+    room.net.sfu.set_track_limits(now, bob, track, small).unwrap();
+    let mark = got.len();
+    room.run(Duration::from_secs(1));
+    let got = room.received();
+    assert_eq!(
+        spatial_layers(&got[mark + 3..]),
+        [0],
+        "the 320x180 layer covers 320x180"
+    );
+    let middle = sfu::Limits {
+        max_width: 400,
+        max_height: 300,
+        ..sfu::Limits::default()
+    };
+    let (now, mark) = (room.net.now, got.len());
+    room.net.sfu.set_track_limits(now, bob, track, middle).unwrap();
+    room.run(Duration::from_secs(1));
+    let got = room.received();
+    let tail = &got[mark..];
+    let up = tail
+        .iter()
+        .position(|g| g.2.sid == Some(1))
+        .expect("layer 1 never forwarded");
+    assert_eq!(
+        spatial_layers(&tail[up - 1..]),
+        [0, 1],
+        "the smallest layer that covers 400x300"
+    );
+}

@@ -1,0 +1,71 @@
+// VP9 spatial layers (SVC). `ann` publishes her camera as one VP9 stream
+// with three spatial layers (`scalabilityMode: "L3T3_KEY"`, no simulcast);
+// `ben` watches it. Asked for a small size, the SFU forwards only the
+// spatial layers that size needs, so ben decodes the lowest layer's
+// resolution; without a limit he is back at the full resolution (after
+// the keyframe the SFU asks for).
+//
+// Config: {base, room, timeoutMs}
+import { cfg, main, newPage, openDemo, pollUntil } from './sfu_common.mjs';
+
+await main(async (browser) => {
+  const ann = await newPage(browser, 'ann');
+  const ben = await newPage(browser, 'ben');
+  const out = {};
+  await openDemo(ann, { room: cfg.room, identity: 'ann', mic: 0, simulcast: 0, codec: 'vp9', svc: 'L3T3_KEY' });
+  await openDemo(ben, { room: cfg.room, identity: 'ben', camera: 0, mic: 0 });
+  const timeoutMs = cfg.timeoutMs ?? 30000;
+
+  const sent = () =>
+    ann.evaluate(async () => {
+      const pub = window.rtcDemo.room.localParticipant.getTrackBySource('camera');
+      const out = { encodings: 0 };
+      if (!pub?.sender) return out;
+      const stats = await pub.sender.getStats();
+      stats.forEach((s) => {
+        if (s.type === 'outbound-rtp') {
+          out.encodings += 1;
+          out.codec = stats.get(s.codecId)?.mimeType ?? null;
+          out.scalabilityMode = s.scalabilityMode ?? null;
+          out.frameWidth = s.frameWidth ?? 0;
+          out.frameHeight = s.frameHeight ?? 0;
+        }
+      });
+      return out;
+    });
+  const received = () =>
+    ben.evaluate(async () => {
+      const pub = window.rtcDemo.room.participants.get('ann')?.getTrackBySource('camera');
+      const out = { bound: !!pub?.receiver, framesDecoded: 0, keyFramesDecoded: 0, frameWidth: 0 };
+      if (!pub?.receiver) return out;
+      (await pub.receiver.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') {
+          out.framesDecoded = s.framesDecoded ?? 0;
+          out.keyFramesDecoded = s.keyFramesDecoded ?? 0;
+          out.frameWidth = s.frameWidth ?? 0;
+          out.frameHeight = s.frameHeight ?? 0;
+        }
+      });
+      return out;
+    });
+  const size = (w, h) =>
+    ben.evaluate(
+      ([w, h]) => window.rtcDemo.room.participants.get('ann').getTrackBySource('camera').setVideoSize(w, h),
+      [w, h],
+    );
+
+  // Ann's encoder up to three spatial layers at full size.
+  out.sentFull = await pollUntil('ann sending three spatial layers', sent, (s) => s.scalabilityMode === 'L3T3_KEY' && s.frameWidth >= 640, { timeoutMs });
+  // The demo page asks for the size its video element shows; no limit.
+  await size(0, 0);
+  out.full = await pollUntil('ben decoding ann at full size', received, (r) => r.framesDecoded > 0 && r.frameWidth === out.sentFull.frameWidth, { timeoutMs });
+  const small = Math.floor(out.sentFull.frameWidth / 4);
+  await size(small, Math.floor(out.sentFull.frameHeight / 4));
+  out.small = await pollUntil('ben decoding the lowest spatial layer', received, (r) => r.frameWidth > 0 && r.frameWidth <= small, { timeoutMs });
+  const mark = out.small.framesDecoded;
+  out.smallLater = await pollUntil('ben still decoding', received, (r) => r.framesDecoded > mark + 10, { timeoutMs });
+  await size(0, 0);
+  out.restored = await pollUntil('ben back at full size', received, (r) => r.frameWidth === out.sentFull.frameWidth, { timeoutMs });
+  out.sent = await sent();
+  return out;
+});
