@@ -304,6 +304,9 @@ pub struct Limits {
     /// Acted on through temporal layers (VP8, VP9): the highest whose
     /// measured frame rate fits; a stream without them is not capped.
     pub max_fps: u32,
+    /// The highest spatial layer of a VP9 SVC stream (0 = the lowest); a
+    /// simulcast track's preferred layer is pinned by rid instead.
+    pub max_spatial: Option<u8>,
 }
 
 /// Extends a 16-bit sequence number to the extended number nearest `last`.

@@ -307,6 +307,7 @@ fn rendering_size_caps_the_layer() {
             max_width: w,
             max_height: h,
             max_fps: 0,
+            max_spatial: None,
         };
         let now = net.now;
         net.sfu.set_track_limits(now, bob, track, limits).unwrap();

@@ -273,3 +273,27 @@ fn rendered_size_caps_the_spatial_layer() {
         "the smallest layer that covers 400x300"
     );
 }
+
+/// A subscriber's preferred quality on an SVC track is its top spatial
+/// layer (there are no rids to pin).
+#[test]
+fn preferred_quality_caps_the_spatial_layer() {
+    let mut room = Room::new(Bitrate::mbps(10));
+    let (now, bob, track) = (room.net.now, room.bob, room.track);
+    let medium = sfu::Limits {
+        max_spatial: Some(1),
+        ..sfu::Limits::default()
+    };
+    room.net.sfu.set_track_limits(now, bob, track, medium).unwrap();
+    room.run(Duration::from_secs(1));
+    let got = room.received();
+    assert_eq!(spatial_layers(&got[3.min(got.len())..]), [0, 1]);
+    let (now, mark) = (room.net.now, got.len());
+    room.net
+        .sfu
+        .set_track_limits(now, bob, track, sfu::Limits::default())
+        .unwrap();
+    room.run(Duration::from_secs(1));
+    let got = room.received();
+    assert!(spatial_layers(&got[mark..]).contains(&2), "no limit: all three again");
+}

@@ -673,6 +673,12 @@ impl Adapter {
             max_width: if sized { s.settings.max_width } else { 0 },
             max_height: if sized { s.settings.max_height } else { 0 },
             max_fps: s.settings.max_fps,
+            // The preferred quality likewise, as a spatial layer.
+            max_spatial: s.settings.quality.filter(|_| sized).map(|q| match q {
+                Quality::Low => 0,
+                Quality::Medium => 1,
+                Quality::High => 2,
+            }),
         };
         if let Err(e) = self.sfu.set_track_limits(id, track, limits).await {
             tracing::debug!(sid = %sub.sid, track_sid, error = %e, "SFU track limits failed");

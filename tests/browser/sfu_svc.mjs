@@ -3,7 +3,8 @@
 // `ben` watches it. Asked for a small size, the SFU forwards only the
 // spatial layers that size needs, so ben decodes the lowest layer's
 // resolution; without a limit he is back at the full resolution (after
-// the keyframe the SFU asks for).
+// the keyframe the SFU asks for); a preferred quality (`h`) picks the
+// middle spatial layer.
 //
 // Config: {base, room, timeoutMs}
 import { cfg, main, newPage, openDemo, pollUntil } from './sfu_common.mjs';
@@ -66,6 +67,10 @@ await main(async (browser) => {
   out.smallLater = await pollUntil('ben still decoding', received, (r) => r.framesDecoded > mark + 10, { timeoutMs });
   await size(0, 0);
   out.restored = await pollUntil('ben back at full size', received, (r) => r.frameWidth === out.sentFull.frameWidth, { timeoutMs });
+  // A preferred quality picks a spatial layer too: medium is the middle one.
+  await ben.evaluate(() => window.rtcDemo.room.participants.get('ann').getTrackBySource('camera').setPreferredLayer('h'));
+  const half = Math.floor(out.sentFull.frameWidth / 2);
+  out.medium = await pollUntil('ben decoding the middle spatial layer', received, (r) => r.frameWidth === half, { timeoutMs });
   out.sent = await sent();
   return out;
 });

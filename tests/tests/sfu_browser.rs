@@ -469,7 +469,8 @@ fn temporal_layers(mime: &str, publish: Value) {
 /// VP9 SVC: one stream with three spatial layers (`L3T3_KEY`); a
 /// subscriber that renders small gets only the lowest spatial layer (the
 /// SFU drops the others and ends each picture on the layer it keeps), and
-/// the full resolution again when the limit goes.
+/// the full resolution again when the limit goes; a preferred quality
+/// picks a spatial layer the same way.
 #[test]
 fn vp9_svc_spatial_layers_follow_video_size() {
     if !prerequisites() {
@@ -489,6 +490,7 @@ fn vp9_svc_spatial_layers_follow_video_size() {
         "decoding stopped at the low layer: {v:#}"
     );
     assert_eq!(u64_at(&v, "/restored/frameWidth"), full, "{v:#}");
+    assert_eq!(u64_at(&v, "/medium/frameWidth") * 2, full, "{v:#}");
 }
 
 /// Test 4: permissions: a token without can_publish cannot publish (a

@@ -31,9 +31,10 @@ fn max_layer(t: &Track, d: &Down) -> u8 {
         l.active = true;
     }
     let prefs = Preferences {
-        max_quality: match d.pinned {
-            Some(r) => layer_of(&t.rids, Some(r)) as u8,
-            None => (MAX_LAYERS - 1) as u8,
+        max_quality: match (d.pinned, d.limits.max_spatial) {
+            (Some(r), _) => layer_of(&t.rids, Some(r)) as u8,
+            (None, Some(s)) if t.is_svc() => s,
+            _ => (MAX_LAYERS - 1) as u8,
         },
         max_width: d.limits.max_width,
         max_height: d.limits.max_height,

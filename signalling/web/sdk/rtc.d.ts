@@ -122,7 +122,7 @@ export declare class RemoteTrackPublication extends TrackPublication {
   readonly enabled: boolean;
   /** Subscribes or unsubscribes (rooms joined with `autoSubscribe: false`). */
   setSubscribed(subscribed: boolean): Promise<void>;
-  /** Prefers a simulcast layer; null or "auto" lets the server choose. */
+  /** Prefers a simulcast layer (on a VP9 SVC track, the spatial layer: q lowest, f highest); null or "auto" lets the server choose. */
   setPreferredLayer(layer: Layer | Quality | "auto" | null): void;
   /** The displayed size: the server forwards no larger layer than needed (0 = no limit). */
   setVideoSize(width: number, height: number): void;
