@@ -28,7 +28,14 @@ struct Publisher {
     picture: u64,
     force_key: bool,
     requested: usize,
+    /// Three temporal layers too (L3T3: the 0 2 1 2 pattern, U on the
+    /// first TL1 and TL2 pictures after a TL0 one); else TID 0 only.
+    temporal: bool,
+    tl0: u8,
 }
+
+/// The libwebrtc L1T3 / L3T3 temporal pattern.
+const PATTERN: [u8; 4] = [0, 2, 1, 2];
 
 impl Publisher {
     /// One picture: a frame per spatial layer, lowest first, one packet
@@ -44,9 +51,15 @@ impl Publisher {
             self.requested += 1;
         }
         self.force_key |= requested;
-        let key = self.picture.is_multiple_of(120) || self.force_key;
+        let pos = (self.picture % 4) as usize;
+        let tid = if self.temporal { PATTERN[pos] } else { 0 };
+        let switching_up = self.temporal && (pos == 1 || pos == 2);
+        let key = tid == 0 && (self.picture.is_multiple_of(120) || self.force_key);
         if key {
             self.force_key = false;
+        }
+        if tid == 0 {
+            self.tl0 = self.tl0.wrapping_add(1);
         }
         let now = net.now;
         let rtc = &mut net.clients[c].rtc;
@@ -59,8 +72,9 @@ impl Publisher {
                 0xac | u8::from(!key) << 6 | u8::from(v) << 1,
                 0x80 | (pid >> 8) as u8,
                 pid as u8,
-                (sid as u8) << 1 | u8::from(key && sid > 0), // TID 0, D on a keyframe
-                (self.picture & 0xff) as u8,
+                // TID, U, SID, D (inter-layer: on a keyframe only).
+                tid << 5 | u8::from(switching_up) << 4 | (sid as u8) << 1 | u8::from(key && sid > 0),
+                self.tl0,
             ];
             if v {
                 d.push(0x50); // N_S = 2, Y
@@ -101,6 +115,10 @@ impl Room {
     /// Alice publishes for 2 s (the SFU measures each spatial layer), then
     /// bob subscribes with `estimate` imposed on his downlink.
     fn new(estimate: Bitrate) -> Room {
+        Room::with(estimate, false)
+    }
+
+    fn with(estimate: Bitrate, temporal: bool) -> Room {
         let mut net = Net::new();
         let now = net.now;
         let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
@@ -125,6 +143,8 @@ impl Room {
                 picture: 0,
                 force_key: false,
                 requested: 0,
+                temporal,
+                tl0: 0,
             },
         };
         room.run(Duration::from_secs(2));
@@ -296,4 +316,66 @@ fn preferred_quality_caps_the_spatial_layer() {
     room.run(Duration::from_secs(1));
     let got = room.received();
     assert!(spatial_layers(&got[mark..]).contains(&2), "no limit: all three again");
+}
+
+/// L3T3: a frame rate cap drops the same temporal layers from every
+/// spatial layer (whole pictures, never some of their layer frames), and
+/// the spatial choice still applies on top.
+#[test]
+fn frame_rate_cap_drops_whole_pictures_of_every_spatial_layer() {
+    let mut room = Room::with(Bitrate::mbps(10), true);
+    room.run(Duration::from_secs(1));
+    let (now, bob, track) = (room.net.now, room.bob, room.track);
+    let capped = sfu::Limits {
+        max_fps: 10,
+        ..sfu::Limits::default()
+    };
+    room.net.sfu.set_track_limits(now, bob, track, capped).unwrap();
+    let mark = room.received().len();
+    room.run(Duration::from_secs(2));
+    let got = room.received();
+    let later = &got[mark + 3..];
+    assert_eq!(spatial_layers(later), [0, 1, 2], "the cap keeps every spatial layer");
+    let start = later.iter().position(|g| g.2.sid == Some(0) && g.2.begin).unwrap();
+    let pictures: Vec<&[Got]> = later[start..].chunk_by(|_, b| b.2.sid != Some(0)).collect();
+    for p in &pictures[..pictures.len() - 1] {
+        let sids: Vec<u8> = p.iter().map(|g| g.2.sid.unwrap()).collect();
+        assert_eq!(sids, [0, 1, 2], "a picture cut short: {p:?}");
+        assert!(p.iter().all(|g| g.2.tid == Some(0)), "above the cap: {p:?}");
+    }
+    // 30 fps in, about 7.5 pictures per second out (TL0 only).
+    assert!(
+        (12..=18).contains(&pictures.len()),
+        "{} pictures in 2 s",
+        pictures.len()
+    );
+
+    // And the rendered size on top of it: the base layer's TL0 only.
+    let small = sfu::Limits {
+        max_width: 320,
+        max_height: 180,
+        max_fps: 10,
+        ..sfu::Limits::default()
+    };
+    let (now, mark) = (room.net.now, room.received().len());
+    room.net.sfu.set_track_limits(now, bob, track, small).unwrap();
+    room.run(Duration::from_secs(1));
+    let got = room.received();
+    let later = &got[mark + 3..];
+    assert_eq!(spatial_layers(later), [0]);
+    assert!(later.iter().all(|g| g.2.tid == Some(0)));
+
+    // Lifted: every temporal layer of every spatial layer again.
+    let (now, mark) = (room.net.now, room.received().len());
+    room.net
+        .sfu
+        .set_track_limits(now, bob, track, sfu::Limits::default())
+        .unwrap();
+    room.run(Duration::from_secs(2));
+    let got = room.received();
+    let mut tids: Vec<u8> = got[mark..].iter().filter_map(|g| g.2.tid).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    assert_eq!(tids, [0, 1, 2]);
+    assert!(spatial_layers(&got[mark..]).contains(&2));
 }

@@ -44,16 +44,16 @@ fn max_layer(t: &Track, d: &Down) -> u8 {
 }
 
 /// An SVC stream's table: forwarding spatial layer `s` sends every layer
-/// up to it, so its price is the sum of theirs (at the same temporal
-/// layer; a layer measured without temporal layering at its full price).
-fn cumulative(own: LayerRates) -> LayerRates {
+/// up to it, so its price is the sum of theirs at the same temporal layer
+/// (`None` where a frame rate cap removed it); a layer measured without
+/// temporal layering (`layered[s]` false) counts at its full price.
+fn cumulative(own: LayerRates, layered: [bool; MAX_LAYERS]) -> LayerRates {
     let mut out = [[None; MAX_TEMPORAL]; MAX_LAYERS];
     for t in 0..MAX_TEMPORAL {
         let mut sum = Some(0u64);
         for s in 0..MAX_LAYERS {
             let row = &own[s];
-            let unlayered = row[1..].iter().all(Option::is_none);
-            let price = if unlayered { row[0] } else { row[t] };
+            let price = if layered[s] { row[t] } else { row[0] };
             sum = sum.zip(price).map(|(a, b)| a.saturating_add(b));
             // A layer that is absent ends the ladder.
             if row[0].is_none() {
@@ -161,7 +161,7 @@ impl Router {
             }
             let mut rates = layer_rates(layers, &t.temporal, d.limits.max_fps);
             if t.is_svc() {
-                rates = cumulative(rates);
+                rates = cumulative(rates, std::array::from_fn(|s| t.temporal.is_layered(s)));
             }
             let max_layer = max_layer(t, d);
             let current = if t.is_svc() {
