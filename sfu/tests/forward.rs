@@ -200,17 +200,9 @@ fn rtp_loss_5pct() -> common::LossFn {
 /// Alice publishes one VP8 video track and bob subscribes to it; returns
 /// (alice's client, bob's client, the track's mid, bob).
 fn video_room(net: &mut Net) -> (usize, usize, Mid, ParticipantId) {
+    let common::Pair { alice, bob, a, b, mids } = common::alice_publishes(net, &[MediaKind::Video]);
+    let mid = mids[0];
     let now = net.now;
-    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let a = net.add_client("10.0.0.2:4000");
-    let b = net.add_client("10.0.0.3:4000");
-    let mut mid = None;
-    net.publish_offer(a, alice, |api| {
-        mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-    });
-    let mid = mid.unwrap();
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
     net.sfu.subscribe(now, bob, TrackId { publisher: alice, mid }).unwrap();
     net.answer_offers(b, bob);
     assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));

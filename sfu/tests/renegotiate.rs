@@ -30,17 +30,8 @@ impl Call {
     /// Alice publishes audio and video, bob subscribes to both.
     fn new() -> Call {
         let mut net = Net::new();
-        let now = net.now;
-        let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
-        let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
-        let a = net.add_client("10.0.0.2:4000");
-        let b = net.add_client("10.0.0.3:4000");
-        let mut mids = Vec::new();
-        net.publish_offer(a, alice, |api| {
-            mids.push(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            mids.push(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-        });
-        assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
+        let common::Pair { alice, bob, a, b, mids } =
+            common::alice_publishes(&mut net, &[MediaKind::Audio, MediaKind::Video]);
         let audio = TrackId {
             publisher: alice,
             mid: mids[0],
@@ -51,6 +42,7 @@ impl Call {
         };
         // The estimate is not under test here: pinned, so the allocator
         // never pauses video for lack of it.
+        let now = net.now;
         net.sfu
             .set_estimate_override(now, bob, Some(str0m::bwe::Bitrate::mbps(5)));
         let mut call = Call {

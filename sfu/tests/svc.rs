@@ -15,7 +15,7 @@ use sfu::participant::Role;
 use sfu::router::TrackId;
 use str0m::bwe::Bitrate;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpWrite;
 use str0m::Event;
 
@@ -120,17 +120,8 @@ impl Room {
 
     fn with(estimate: Bitrate, temporal: bool) -> Room {
         let mut net = Net::new();
-        let now = net.now;
-        let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
-        let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
-        let a = net.add_client("10.0.0.2:4000");
-        let b = net.add_client("10.0.0.3:4000");
-        let mut mid = None;
-        net.publish_offer(a, alice, |api| {
-            mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-        });
-        let mid = mid.unwrap();
-        assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
+        let common::Pair { alice, bob, a, b, mids } = common::alice_publishes(&mut net, &[MediaKind::Video]);
+        let mid = mids[0];
         let mut room = Room {
             net,
             bob,

@@ -12,7 +12,7 @@ use sfu::participant::Role;
 use sfu::router::TrackId;
 use str0m::bwe::Bitrate;
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpWrite;
 use str0m::Event;
 
@@ -162,18 +162,8 @@ fn tids_and_fps(got: &[Got], seconds: f64) -> (Vec<u8>, f64) {
 /// Alice publishes L1T3 VP8 for 2 s, then bob subscribes; `before_answer`
 /// runs between bob's subscription and his answer.
 fn room(net: &mut Net, codec: Codec, before_answer: impl FnOnce(&mut Net, sfu::ParticipantId, TrackId)) -> Room {
-    let now = net.now;
-    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
-    let a = net.add_client("10.0.0.2:4000");
-    let b = net.add_client("10.0.0.3:4000");
-    let mut mids = Vec::new();
-    net.publish_offer(a, alice, |api| {
-        mids.push(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-        mids.push(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-    });
+    let common::Pair { alice, bob, a, b, mids } = common::alice_publishes(net, &[MediaKind::Video, MediaKind::Audio]);
     let (mid, audio_mid) = (mids[0], mids[1]);
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
     // PictureID and TL0PICIDX close to their wrap.
     let mut publisher = Publisher {
         seq: 65_000,

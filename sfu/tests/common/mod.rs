@@ -402,3 +402,34 @@ pub fn sub_mid(net: &Net, c: usize, track: sfu::router::TrackId) -> Option<str0m
         _ => None,
     })
 }
+
+/// Alice and bob in one room, each with a client; alice publishing.
+pub struct Pair {
+    pub alice: ParticipantId,
+    pub bob: ParticipantId,
+    /// Their clients' indexes in `Net::clients`.
+    pub a: usize,
+    pub b: usize,
+    /// Alice's m-lines, in the order of `kinds`.
+    pub mids: Vec<str0m::media::Mid>,
+}
+
+/// Alice (client at 10.0.0.2:4000) offers one send-only m-line per entry
+/// of `kinds` and is connected; bob (10.0.0.3:4000) is created but has
+/// subscribed to nothing yet.
+pub fn alice_publishes(net: &mut Net, kinds: &[str0m::media::MediaKind]) -> Pair {
+    use str0m::media::Direction;
+    let now = net.now;
+    let alice = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let bob = net.sfu.create_participant(now, "room", None).unwrap().id;
+    let a = net.add_client("10.0.0.2:4000");
+    let b = net.add_client("10.0.0.3:4000");
+    let mut mids = Vec::new();
+    net.publish_offer(a, alice, |api| {
+        for kind in kinds {
+            mids.push(api.add_media(*kind, Direction::SendOnly, None, None, None));
+        }
+    });
+    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
+    Pair { alice, bob, a, b, mids }
+}
