@@ -476,14 +476,32 @@ fn vp9_svc_spatial_layers_follow_video_size() {
     if !prerequisites() {
         return;
     }
-    let mut server = Server::start("svc");
-    let v = server.run("sfu_svc.mjs", json!({ "room": "svc", "timeoutMs": 30000 }));
-    eprintln!("svc: {v}");
+    svc("chromium");
+}
+
+/// The same with Firefox subscribing: its VP9 decoder takes the pictures
+/// the SFU cut down to their lower spatial layers.
+#[test]
+fn vp9_svc_from_chromium_to_firefox() {
+    if !firefox_prerequisites() {
+        return;
+    }
+    svc("firefox");
+}
+
+fn svc(subscriber: &str) {
+    let tag = format!("svc-{subscriber}");
+    let mut server = Server::start(&tag);
+    let v = server.run(
+        "sfu_svc.mjs",
+        json!({ "room": tag, "timeoutMs": 30000, "subscriber": subscriber }),
+    );
+    eprintln!("{tag}: {v}");
     let full = u64_at(&v, "/full/frameWidth");
     let small = u64_at(&v, "/small/frameWidth");
     assert_eq!(v["sentFull"]["encodings"], 1, "one encoding, not simulcast: {v:#}");
     assert_eq!(v["sentFull"]["codec"], "video/VP9", "{v:#}");
-    assert_eq!(full, u64_at(&v, "/sentFull/frameWidth"), "{v:#}");
+    assert_eq!(full, u64_at(&v, "/sentFull/captureWidth"), "{v:#}");
     assert!(small > 0 && small * 4 <= full, "small {small} of {full}: {v:#}");
     assert!(
         u64_at(&v, "/smallLater/framesDecoded") > u64_at(&v, "/small/framesDecoded"),
