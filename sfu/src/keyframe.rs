@@ -44,10 +44,11 @@ fn vp8(p: &[u8]) -> bool {
     p.get(i).is_some_and(|b| b & 0x01 == 0)
 }
 
-/// draft-ietf-payload-vp9: P (inter-picture predicted) clear and B
-/// (beginning of frame) set.
+/// RFC 9628: P (inter-picture predicted) clear and B (beginning of frame)
+/// set, on the base spatial layer: in an SVC picture every layer frame is
+/// intra-coded, but only the first starts the keyframe.
 fn vp9(p: &[u8]) -> bool {
-    p.first().is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0)
+    crate::codec::vp9::parse(p).is_ok_and(|d| d.keyframe())
 }
 
 /// RFC 6184: an IDR slice or an SPS, alone, aggregated (STAP-A) or at the
@@ -110,8 +111,11 @@ mod tests {
 
     #[test]
     fn vp9_av1_and_garbage() {
-        assert!(is_keyframe(Codec::Vp9, &[0x08]));
-        assert!(!is_keyframe(Codec::Vp9, &[0x48]));
+        assert!(is_keyframe(Codec::Vp9, &[0x08, 0x00]));
+        assert!(!is_keyframe(Codec::Vp9, &[0x48, 0x00]));
+        // L, B: the intra frame of spatial layer 1 does not start one.
+        assert!(is_keyframe(Codec::Vp9, &[0x28, 0x00, 0x00, 0x00]));
+        assert!(!is_keyframe(Codec::Vp9, &[0x28, 0x02, 0x00, 0x00]));
         assert!(is_keyframe(Codec::Av1, &[0x08]));
         assert!(!is_keyframe(Codec::Av1, &[0x10]));
         for c in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1, Codec::Opus] {

@@ -59,12 +59,6 @@ impl SpatialFilter {
         }
         Some(sid == current && end)
     }
-
-    /// Forgets the layer forwarded (a pause): forwarding starts again at a
-    /// keyframe.
-    pub fn reset(&mut self) {
-        self.current = None;
-    }
 }
 
 #[cfg(test)]
@@ -127,8 +121,5 @@ mod tests {
         assert_eq!(f.accept(1, false, false, false), Some(false));
         assert_eq!(f.accept(1, false, false, true), Some(true));
         assert_eq!(f.accept(2, false, false, true), None);
-        f.reset();
-        assert!(f.wants_keyframe());
-        assert_eq!(f.accept(0, true, false, true), None);
     }
 }

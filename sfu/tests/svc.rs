@@ -17,7 +17,6 @@ use str0m::bwe::Bitrate;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpWrite;
-use str0m::Event;
 
 const FRAME: Duration = Duration::from_micros(33_333);
 /// Payload bytes per layer frame: at 30 fps about 50, 100 and 200 kbit/s.
@@ -43,10 +42,7 @@ impl Publisher {
     /// the next picture after a request; its first packet carries the
     /// scalability structure with the sizes 320x180, 640x360, 1280x720.
     fn send_picture(&mut self, net: &mut Net, c: usize, mid: Mid) {
-        let requested = net.clients[c]
-            .events
-            .drain(..)
-            .any(|e| matches!(e, Event::KeyframeRequest(_)));
+        let requested = common::keyframe_requested(net, c);
         if requested {
             self.requested += 1;
         }

@@ -14,7 +14,6 @@ use str0m::bwe::Bitrate;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpWrite;
-use str0m::Event;
 
 /// 30 fps, the libwebrtc L1T3 pattern 0 2 1 2.
 const FRAME: Duration = Duration::from_micros(33_333);
@@ -41,10 +40,7 @@ impl Publisher {
     /// layer frame after a request; the first TL1 and TL2 frames after a
     /// base layer frame reference only it (layer sync, Y bit).
     fn send_frame(&mut self, net: &mut Net, c: usize, mid: Mid) {
-        let requested = net.clients[c]
-            .events
-            .drain(..)
-            .any(|e| matches!(e, Event::KeyframeRequest(_)));
+        let requested = common::keyframe_requested(net, c);
         self.force_key |= requested;
         let pos = (self.frame % 4) as usize;
         let tid = PATTERN[pos];

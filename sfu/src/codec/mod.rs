@@ -43,6 +43,20 @@ pub struct FrameInfo {
     pub keyframe: bool,
 }
 
+impl FrameInfo {
+    /// A VP9 packet's, from its parsed descriptor (temporal indices above
+    /// [`MAX_TEMPORAL`] count as the top one).
+    pub fn vp9(d: &vp9::Vp9Descriptor) -> FrameInfo {
+        FrameInfo {
+            tid: d.tid.map(|t| t.min(MAX_TEMPORAL as u8 - 1)),
+            sync: d.switching_up,
+            step_up: false,
+            frame_start: d.begin,
+            keyframe: d.keyframe(),
+        }
+    }
+}
+
 /// Reads `payload` of `codec` (`None` for codecs without stateless
 /// temporal layer parsing; the caller detects keyframes on its own then,
 /// and reads AV1 through [`av1::Av1Frames`]).
@@ -58,16 +72,7 @@ pub fn frame_info(codec: Codec, payload: &[u8]) -> Option<FrameInfo> {
                 keyframe: d.keyframe,
             })
         }
-        Codec::Vp9 => {
-            let d = vp9::parse(payload).ok()?;
-            Some(FrameInfo {
-                tid: d.tid.map(|t| t.min(MAX_TEMPORAL as u8 - 1)),
-                sync: d.switching_up,
-                step_up: false,
-                frame_start: d.begin,
-                keyframe: d.keyframe(),
-            })
-        }
+        Codec::Vp9 => vp9::parse(payload).ok().map(|d| FrameInfo::vp9(&d)),
         _ => None,
     }
 }

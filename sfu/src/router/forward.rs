@@ -4,13 +4,12 @@
 //! with its own rewritten header.
 use std::time::Instant;
 
+use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
-use str0m::format::Codec;
-
 use super::{extend_seq, layer_of, DownState, Router, SfuEvent, TrackId, Write, MAX_QUEUED_PACKETS, RATE_WINDOW};
-use crate::codec::{self, vp8, vp9, FrameInfo, MAX_TEMPORAL};
+use crate::codec::{self, vp8, vp9, FrameInfo};
 use crate::downtrack::{PacketInfo, SourceId};
 use crate::keyframe::is_keyframe;
 use crate::red::{self, RedOut};
@@ -111,16 +110,11 @@ impl Router {
         }
         track.layer_bytes[measured] += (packet.payload.len() + packet.header.header_len) as u64;
 
-        // Every layer frame of an SVC keyframe is intra-coded; only the
-        // picture's first starts it.
-        let keyframe = is_video
-            && match (spatial, vp9) {
-                (Some(_), Some(d)) => d.keyframe(),
-                _ => is_keyframe(codec, &packet.payload),
-            };
+        // VP9's descriptor is already parsed.
+        let keyframe = is_video && vp9.map_or_else(|| is_keyframe(codec, &packet.payload), |d| d.keyframe());
         let picture_start = vp9.is_some_and(|d| d.begin && d.sid.unwrap_or(0) == 0);
         // Parsed once here, not per subscriber.
-        let vp8 = (is_video && codec == str0m::format::Codec::Vp8)
+        let vp8 = (is_video && codec == Codec::Vp8)
             .then(|| vp8::parse(&packet.payload).ok())
             .flatten();
         let frame = if let Some(d) = &vp8 {
@@ -131,19 +125,13 @@ impl Router {
                 frame_start: d.frame_start(),
                 keyframe,
             })
-        } else if is_video && codec == str0m::format::Codec::Av1 {
+        } else if is_video && codec == Codec::Av1 {
             track
                 .av1
                 .get_mut(layer)
                 .and_then(|f| f.frame_info(&packet.payload, packet.header.timestamp, keyframe))
         } else if let Some(d) = &vp9 {
-            Some(FrameInfo {
-                tid: d.tid.map(|t| t.min(MAX_TEMPORAL as u8 - 1)),
-                sync: d.switching_up,
-                step_up: false,
-                frame_start: d.begin,
-                keyframe,
-            })
+            Some(FrameInfo::vp9(d))
         } else if is_video {
             codec::frame_info(codec, &packet.payload).map(|f| FrameInfo { keyframe, ..f })
         } else {

@@ -433,3 +433,12 @@ pub fn alice_publishes(net: &mut Net, kinds: &[str0m::media::MediaKind]) -> Pair
     assert!(net.run_until(Duration::from_secs(5), |n| n.connected(alice, Role::Publisher)));
     Pair { alice, bob, a, b, mids }
 }
+
+/// Whether client `c` was asked for a keyframe since the last call (its
+/// events are consumed).
+pub fn keyframe_requested(net: &mut Net, c: usize) -> bool {
+    net.clients[c]
+        .events
+        .drain(..)
+        .any(|e| matches!(e, Event::KeyframeRequest(_)))
+}
