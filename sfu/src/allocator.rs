@@ -172,6 +172,10 @@ pub struct AllocationSummary {
     /// upgrade fits; `None` when nothing wants more, or while some track is
     /// still switching (its layer differs from its current one).
     pub probe_bps: Option<u64>,
+    /// What every track would take on an unlimited link (its best pair
+    /// under the subscriber's preferences; audio included): the rate the
+    /// estimator should try to discover, whatever the next step is.
+    pub wanted_bps: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -317,6 +321,7 @@ pub fn allocate(
             allocated = allocated.saturating_add(bitrate);
         }
     }
+    let mut wanted = allocated;
 
     let mut settled = true;
     // First video track (in priority order) that could go higher, and what
@@ -356,6 +361,9 @@ pub fn allocate(
         if track.paused {
             continue;
         }
+        if let Some((_, best)) = best_layer(track, u64::MAX) {
+            wanted = wanted.saturating_add(best);
+        }
         let chosen = alloc.layer.map(|l| (l, alloc.temporal));
         settled &= chosen == track.current;
         if wants_more.is_none() {
@@ -370,6 +378,7 @@ pub fn allocate(
     Ok(AllocationSummary {
         allocated_bps: allocated,
         probe_bps,
+        wanted_bps: wanted,
     })
 }
 
@@ -546,6 +555,25 @@ mod tests {
         let (out, summary) = run(700_000, &tracks);
         assert_eq!((out[0].layer, out[1].layer), (Some(0), Some(1)));
         assert_eq!(summary.probe_bps, Some(150_000 + 1_800_000));
+    }
+
+    #[test]
+    fn wanted_is_the_best_each_track_may_take_whatever_the_estimate() {
+        // Audio plus the top layer (with the headroom an upgrade pays).
+        let tracks = [audio(), video(TrackKind::Camera, 0, Some(1))];
+        for estimate in [100_000, 1_000_000, 50_000_000] {
+            assert_eq!(run(estimate, &tracks).1.wanted_bps, 40_000 + 1_800_000, "at {estimate}");
+        }
+        // A preference cap lowers it; a track paused by preference adds
+        // nothing; one paused for bandwidth still wants its best.
+        let mut capped = video(TrackKind::Camera, 0, Some(1));
+        capped.max_layer = 1;
+        let mut hidden = video(TrackKind::ScreenShare, 0, None);
+        hidden.paused = true;
+        let starved = video(TrackKind::Camera, 0, None);
+        let (out, summary) = run(100_000, &[audio(), capped, hidden, starved]);
+        assert_eq!(out[3].state, AllocationState::PausedByBandwidth);
+        assert_eq!(summary.wanted_bps, 40_000 + 500_000 + 1_500_000);
     }
 
     /// Three simulcast layers of L1T3: each temporal layer adds to the rate.

@@ -533,3 +533,65 @@ fn video_paused_by_a_narrow_link_resumes_when_it_widens() {
     let est = last_estimate(&net, bob).unwrap();
     assert!(est > 300_000, "estimate after resuming: {est}");
 }
+
+/// A size limit keeps bob on the lowest layer long enough for str0m's
+/// estimate to sink toward what is sent (the link is not the limit, the
+/// application is); when the limit goes, the SFU asks str0m to discover
+/// everything bob wants at once, so the estimate and the layer climb back
+/// within a few probes, not one settled layer step after another.
+#[test]
+fn a_lifted_size_limit_climbs_back_on_an_estimate_that_sank() {
+    let mut net = Net::new();
+    let mut link = common::Bottleneck::new(
+        net.now,
+        BOB.parse().unwrap(),
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    );
+    link.bps = Some(100_000_000);
+    net.bottleneck = Some(link);
+    let (alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
+    let track = TrackId { publisher: alice, mid };
+    let now = net.now;
+    let dims = vec![
+        (Some(Rid::from("q")), 320, 180),
+        (Some(Rid::from("h")), 640, 360),
+        (Some(Rid::from("f")), 1280, 720),
+    ];
+    net.sfu.set_track_layers(now, alice, track, &dims).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, 10_000);
+    let top_est = last_estimate(&net, bob).unwrap();
+    assert_eq!(layers_since(&net, b, 0).last().unwrap().1, 2, "top layer first");
+
+    let small = sfu::Limits {
+        max_width: 320,
+        max_height: 180,
+        max_fps: 0,
+        max_spatial: None,
+    };
+    let now = net.now;
+    net.sfu.set_track_limits(now, bob, track, small).unwrap();
+    run_for(&mut net, &mut publisher, a, mid, 20_000);
+    let sunk = last_estimate(&net, bob).unwrap();
+    let mark = video_count(&net, b);
+    assert!(
+        layers_since(&net, b, mark - 10).iter().all(|(_, l)| *l == 0),
+        "layer 0 while small"
+    );
+
+    let now = net.now;
+    net.sfu
+        .set_track_limits(now, bob, track, sfu::Limits::default())
+        .unwrap();
+    let mut took = None;
+    for step in 1..=40 {
+        run_for(&mut net, &mut publisher, a, mid, 250);
+        if layers_since(&net, b, mark).last().is_some_and(|(_, l)| *l == 2) {
+            took = Some(step * 250);
+            break;
+        }
+    }
+    eprintln!("estimate {top_est} at the top, {sunk} after 20 s on layer 0; back on the top layer after {took:?} ms");
+    let took = took.expect("back on the top layer within 10 s");
+    assert!(took <= 3_000, "back on the top layer after {took} ms");
+}

@@ -249,10 +249,13 @@ impl Router {
         if let Some(peer) = sid.and_then(|s| self.peer_mut(s)) {
             // Padding up to the next upgrade's rate is how the estimator
             // learns whether it fits; with nothing to upgrade, no padding.
-            let (min, desired) = match summary.probe_bps {
-                Some(p) => (p, p.max(summary.allocated_bps)),
-                None => (0, summary.allocated_bps),
-            };
+            // The desired rate is everything the subscriber would take:
+            // str0m probes toward it (exponentially, as soon as it rises
+            // above the estimate), so an estimate that sank while little
+            // was wanted (a frame rate or size cap just lifted) climbs back
+            // in a few probes instead of one layer per settled step.
+            let min = summary.probe_bps.unwrap_or(0);
+            let desired = min.max(summary.allocated_bps).max(summary.wanted_bps);
             let (min, desired) = (Bitrate::bps(min), Bitrate::bps(desired));
             peer.guard(|rtc| rtc.bwe().set_bitrate(min, desired));
             if reset {
