@@ -16,11 +16,11 @@
 //!   throttles keyframe requests (the router switches layers at keyframes);
 //! - [`temporal`] drops temporal layers above a subscriber's target (no
 //!   keyframe needed) and measures each layer's bitrate and frame rate;
-//!   [`codec`] reads the VP8/VP9 payload descriptors and AV1 OBU extension
-//!   headers it needs (no dependency descriptor yet) and keeps VP8
+//!   [`codec`] reads the VP8/VP9 payload descriptors, AV1 OBU extension
+//!   headers and the dependency descriptor it needs and keeps VP8
 //!   PictureIDs continuous per subscriber (written by str0m's `Vp8Patch`
 //!   during serialisation, so no copy of the shared payload);
-//! - [`svc`] picks the spatial layers of a VP9 SVC stream (one SSRC, a
+//! - [`svc`] picks the spatial layers of a VP9 or AV1 SVC stream (one SSRC, a
 //!   frame per spatial layer in each picture) a subscriber gets: the frames
 //!   above are dropped and the marker moved to the top one kept; down at
 //!   any picture, up at a keyframe; the allocator prices each spatial layer

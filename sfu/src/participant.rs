@@ -18,9 +18,10 @@ use str0m::channel::ChannelId;
 use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid, Rids};
 use str0m::net::{Protocol, Receive, TcpType, Transmit};
-use str0m::rtp::{RtpPacket, Ssrc};
+use str0m::rtp::{Extension, RtpPacket, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc, RtcConfig};
 
+use crate::codec::dd;
 use crate::mux::Tuple;
 use crate::Error;
 
@@ -44,6 +45,10 @@ pub const RTX_CACHE_PACKETS: usize = 512;
 /// media, so they share the subscriber's estimate, and only to its own
 /// ICE-verified address.
 const RTX_RATIO_CAP: Option<f32> = Some(0.5);
+
+/// The dependency descriptor's id in the SFU's own extension map (str0m's
+/// standard map leaves 12 free); answers take the offer's id anyway.
+const DD_EXTENSION_ID: u8 = 12;
 
 /// Which of a participant's two peer connections this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -178,6 +183,10 @@ impl Peer {
         if role == Role::Subscriber {
             config = config.enable_bwe(Some(cfg.initial_estimate));
         }
+        // Publishers send the dependency descriptor when it is negotiated;
+        // the SFU reads AV1 spatial layers from it and passes it on to the
+        // subscribers of AV1 SVC streams.
+        config = config.set_extension(DD_EXTENSION_ID, Extension::with_serializer(dd::URI, dd::DdSerializer));
         let mut rtc = catch_unwind(AssertUnwindSafe(|| config.build(now))).map_err(|_| Error::Panicked)?;
         for addr in &cfg.candidates {
             let c = Candidate::host(*addr, "udp").map_err(|e| Error::Candidate(e.to_string()))?;

@@ -27,6 +27,7 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Transmit};
 
 use crate::codec::av1::Av1Frames;
+use crate::codec::dd::DdStream;
 use crate::codec::picture_id::PictureIdRewriter;
 use crate::downtrack::DownTrack;
 use crate::estimate_recovery::EstimateRecovery;
@@ -242,10 +243,13 @@ struct Track {
     msid: Option<(String, String)>,
     /// Bitrate and frame rate per (simulcast, temporal) layer.
     temporal: TemporalStats,
-    /// AV1 frame attribution, per simulcast layer.
+    /// AV1 frame attribution from the OBU headers, per simulcast layer.
     av1: [Av1Frames; MAX_LAYERS],
-    /// Spatial layers inside the stream (VP9 SVC), from the scalability
-    /// structure of its keyframes; 0 or 1 for none. A track with them
+    /// The dependency descriptor's structure, per simulcast layer (AV1).
+    dd: [DdStream; MAX_LAYERS],
+    /// Spatial layers inside the stream (VP9 SVC, AV1 SVC), from the
+    /// scalability structure of its keyframes (VP9's payload descriptor,
+    /// the dependency descriptor); 0 or 1 for none. A track with them
     /// has no rids: its layer indices above are spatial layer ids.
     spatial_layers: u8,
 }

@@ -1,7 +1,9 @@
-//! Spatial layers inside one stream (VP9 SVC): which of a picture's layer
-//! frames one subscription forwards.
+//! Spatial layers inside one stream (VP9 SVC, AV1 SVC): which of a
+//! picture's layer frames one subscription forwards. The router reads each
+//! packet's layer and frame boundaries from VP9's payload descriptor or
+//! AV1's dependency descriptor.
 //!
-//! A VP9 SVC picture is sent as one frame per spatial layer, lowest first,
+//! An SVC picture is sent as one frame per spatial layer, lowest first,
 //! all on the same SSRC (and RTP timestamp); the RTP marker ends the
 //! picture. Forwarding layers `0..=S` means dropping the frames above `S`
 //! and setting the marker on the last packet of layer `S`, so the receiver

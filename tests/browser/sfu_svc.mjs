@@ -13,6 +13,7 @@
 import { cfg, launchAnother, main, newPage, openDemo, pollUntil } from './sfu_common.mjs';
 
 const subscriber = cfg.subscriber ?? 'chromium';
+const codec = cfg.codec ?? 'vp9';
 cfg.browser = 'chromium';
 
 await main(async (browser) => {
@@ -20,7 +21,7 @@ await main(async (browser) => {
   const ann = await newPage(browser, 'ann');
   const ben = await newPage(subBrowser, 'ben');
   const out = {};
-  await openDemo(ann, { room: cfg.room, identity: 'ann', mic: 0, simulcast: 0, codec: 'vp9', svc: 'L3T3_KEY' });
+  await openDemo(ann, { room: cfg.room, identity: 'ann', mic: 0, simulcast: 0, codec, svc: 'L3T3_KEY' });
   await openDemo(ben, { room: cfg.room, identity: 'ben', camera: 0, mic: 0 });
   const timeoutMs = cfg.timeoutMs ?? 30000;
 

@@ -476,7 +476,7 @@ fn vp9_svc_spatial_layers_follow_video_size() {
     if !prerequisites() {
         return;
     }
-    svc("chromium");
+    svc("chromium", "vp9");
 }
 
 /// The same with Firefox subscribing: its VP9 decoder takes the pictures
@@ -486,21 +486,37 @@ fn vp9_svc_from_chromium_to_firefox() {
     if !firefox_prerequisites() {
         return;
     }
-    svc("firefox");
+    svc("firefox", "vp9");
 }
 
-fn svc(subscriber: &str) {
-    let tag = format!("svc-{subscriber}");
+/// AV1 SVC (`L3T3_KEY` in one stream): the SFU places each packet in its
+/// spatial layer by the dependency descriptor it negotiates with the
+/// publisher (the OBU headers only mark a frame's first packet), and the
+/// subscriber, who is not sent the descriptor, decodes what it keeps.
+#[test]
+fn av1_svc_spatial_layers_by_dependency_descriptor() {
+    if !prerequisites() {
+        return;
+    }
+    svc("chromium", "av1");
+}
+
+fn svc(subscriber: &str, codec: &str) {
+    let tag = format!("svc-{codec}-{subscriber}");
     let mut server = Server::start(&tag);
     let v = server.run(
         "sfu_svc.mjs",
-        json!({ "room": tag, "timeoutMs": 30000, "subscriber": subscriber }),
+        json!({ "room": tag, "timeoutMs": 30000, "subscriber": subscriber, "codec": codec }),
     );
     eprintln!("{tag}: {v}");
     let full = u64_at(&v, "/full/frameWidth");
     let small = u64_at(&v, "/small/frameWidth");
     assert_eq!(v["sentFull"]["encodings"], 1, "one encoding, not simulcast: {v:#}");
-    assert_eq!(v["sentFull"]["codec"], "video/VP9", "{v:#}");
+    assert_eq!(
+        v["sentFull"]["codec"],
+        format!("video/{}", codec.to_uppercase()),
+        "{v:#}"
+    );
     assert_eq!(full, u64_at(&v, "/sentFull/captureWidth"), "{v:#}");
     assert!(small > 0 && small * 4 <= full, "small {small} of {full}: {v:#}");
     assert!(

@@ -1,8 +1,9 @@
 //! AV1 temporal layers from the OBU extension header (AV1 RTP payload
-//! format, section 4.4; AV1 bitstream, section 5.3), without the dependency
-//! descriptor: str0m 0.25 does not parse that extension, and a subscriber
-//! that never gets it decodes by sequence number, which the down-track
-//! keeps gap-free.
+//! format, section 4.4; AV1 bitstream, section 5.3), for publishers that
+//! do not send the dependency descriptor ([`super::dd`], which is used
+//! instead when present): a subscriber that never gets the descriptor
+//! decodes a single-spatial-layer stream by sequence number, which the
+//! down-track keeps gap-free.
 //!
 //! An RTP packet starts with the one-byte aggregation header `Z Y W W N - -
 //! -`; then OBU elements, each prefixed by its LEB128 length except the

@@ -6,6 +6,7 @@
 use str0m::format::Codec;
 
 pub mod av1;
+pub mod dd;
 pub mod picture_id;
 pub mod vp8;
 pub mod vp9;

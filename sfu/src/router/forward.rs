@@ -9,7 +9,8 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
 use super::{extend_seq, layer_of, DownState, Router, SfuEvent, TrackId, Write, MAX_QUEUED_PACKETS, RATE_WINDOW};
-use crate::codec::{self, vp8, vp9, FrameInfo};
+use crate::codec::dd::DdBytes;
+use crate::codec::{self, vp8, vp9, FrameInfo, MAX_TEMPORAL};
 use crate::downtrack::{PacketInfo, SourceId};
 use crate::keyframe::is_keyframe;
 use crate::red::{self, RedOut};
@@ -81,9 +82,47 @@ impl Router {
                 }
             }
         }
-        let spatial = vp9
-            .filter(|_| track.spatial_layers > 1 && track.rids.is_empty())
-            .map(|d| d.sid.unwrap_or(0).min(MAX_LAYERS as u8 - 1));
+        // AV1's dependency descriptor, when the publisher sends it: it
+        // places every packet, where the OBU headers only place a frame's
+        // first.
+        // (Chrome also sends it with VP8 once it is negotiated, and then
+        // leaves the temporal layer out of VP8's own descriptor.)
+        let dd = (is_video && matches!(codec, Codec::Av1 | Codec::Vp8))
+            .then(|| packet.header.ext_vals.user_values.get::<DdBytes>())
+            .flatten()
+            .and_then(|b| {
+                let stream = track.dd.get_mut(layer)?;
+                let frame = stream.on_packet(b.bytes());
+                let svc_capable = codec == Codec::Av1 && track.rids.is_empty();
+                if let (Some(s), true) = (stream.take_new(), svc_capable) {
+                    tracing::debug!(track = %source, spatial = s.max_spatial + 1, temporal = s.max_temporal + 1,
+                        sizes = ?s.resolutions, "dependency descriptor structure");
+                    track.spatial_layers = (s.max_spatial + 1).min(MAX_LAYERS as u8);
+                    if let Some(sizes) = s.resolutions {
+                        for (dim, (w, h)) in track.dims.iter_mut().zip(sizes) {
+                            *dim = (u32::from(w), u32::from(h));
+                        }
+                    }
+                }
+                frame
+            });
+        // The spatial layer of an SVC stream's packet, whether it starts a
+        // picture (its base layer frame's first packet) and whether it ends
+        // its layer's frame.
+        let svc = track.spatial_layers > 1 && track.rids.is_empty();
+        let (spatial, picture_start, layer_end) = match (vp9, dd) {
+            (Some(d), _) => {
+                let sid = d.sid.unwrap_or(0);
+                (svc.then_some(sid), d.begin && sid == 0, d.end)
+            }
+            (None, Some(f)) => (
+                svc.then_some(f.spatial),
+                f.start_of_frame && f.spatial == 0,
+                f.end_of_frame,
+            ),
+            (None, None) => (None, false, false),
+        };
+        let spatial = spatial.map(|s| s.min(MAX_LAYERS as u8 - 1));
         // Rates and temporal stats are per spatial layer of an SVC stream.
         let measured = spatial.map_or(layer, usize::from);
         // Layer bitrates over fixed windows of arrival time.
@@ -112,17 +151,27 @@ impl Router {
 
         // VP9's descriptor is already parsed.
         let keyframe = is_video && vp9.map_or_else(|| is_keyframe(codec, &packet.payload), |d| d.keyframe());
-        let picture_start = vp9.is_some_and(|d| d.begin && d.sid.unwrap_or(0) == 0);
         // Parsed once here, not per subscriber.
         let vp8 = (is_video && codec == Codec::Vp8)
             .then(|| vp8::parse(&packet.payload).ok())
             .flatten();
-        let frame = if let Some(d) = &vp8 {
+        let frame = if let Some(d) = vp8.as_ref().filter(|d| d.tid.is_some() || dd.is_none()) {
             Some(FrameInfo {
                 tid: d.tid,
                 sync: d.layer_sync,
                 step_up: false,
                 frame_start: d.frame_start(),
+                keyframe,
+            })
+        } else if let Some(f) = dd {
+            Some(FrameInfo {
+                tid: Some(f.temporal.min(MAX_TEMPORAL as u8 - 1)),
+                sync: f.switch,
+                // As for the OBU headers: browsers' AV1 structures let a
+                // receiver add the layer above at any of its frames (VP8's
+                // need the switch indication).
+                step_up: codec == Codec::Av1 && f.temporal > 0,
+                frame_start: f.start_of_frame,
                 keyframe,
             })
         } else if is_video && codec == Codec::Av1 {
@@ -147,13 +196,18 @@ impl Router {
         // parsed when some subscriber's numbering differs.
         let mut patchable: Option<Option<str0m::rtp::Vp8Descriptor>> = None;
         let h = &packet.header;
-        let ext = ExtensionValues {
+        let mut ext = ExtensionValues {
             audio_level: h.ext_vals.audio_level,
             voice_activity: h.ext_vals.voice_activity,
             video_orientation: h.ext_vals.video_orientation,
             video_content_type: h.ext_vals.video_content_type,
             ..Default::default()
         };
+        if dd.is_some() && svc {
+            if let Some(b) = h.ext_vals.user_values.get_arc::<DdBytes>() {
+                ext.user_values.set_arc(b);
+            }
+        }
         let info = PacketInfo {
             source: SourceId(layer as u8),
             seq: h.sequence_number,
@@ -202,10 +256,7 @@ impl Router {
             let mut spatial_drop = false;
             if let Some(layer) = spatial {
                 let before = d.spatial.current();
-                match d
-                    .spatial
-                    .accept(layer, picture_start, keyframe, vp9.is_some_and(|v| v.end))
-                {
+                match d.spatial.accept(layer, picture_start, keyframe, layer_end) {
                     None => spatial_drop = true,
                     Some(ends_picture) => info.marker |= ends_picture,
                 }

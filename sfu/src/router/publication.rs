@@ -62,6 +62,7 @@ impl Track {
             msid: None,
             temporal: TemporalStats::default(),
             av1: Default::default(),
+            dd: Default::default(),
             spatial_layers: 0,
         }
     }
