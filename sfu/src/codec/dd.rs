@@ -42,8 +42,11 @@ const DTI_SWITCH: u8 = 2;
 
 /// The extension's bytes as str0m received them. Kept raw because reading
 /// them needs the stream's structure, which a stateless serializer does
-/// not have; inline, so storing one costs one allocation per received
-/// packet (str0m's map slot), none per forwarded one.
+/// not have; inline, so no buffer of its own. str0m's user value map
+/// still costs two small allocations (the map and its `Arc` slot) per
+/// received packet that carries a descriptor (Chrome's VP8 and AV1 once it
+/// is negotiated), and the router adds one per forwarded packet of AV1 SVC
+/// streams only (see the module docs).
 #[derive(Clone, Copy)]
 pub struct DdBytes {
     len: u8,
@@ -377,7 +380,8 @@ impl DdStream {
                 .as_ref()
                 .is_none_or(|old| s.frame_number.wrapping_sub(old.frame_number) < 0x8000);
             if newer {
-                self.fresh = self.structure.as_ref() != Some(&s);
+                // Every keyframe's: cheap, and its sizes may have changed.
+                self.fresh = true;
                 self.structure = Some(s);
             }
         }
