@@ -7,11 +7,15 @@
 //   &name=DISPLAY  &camera=0  &mic=0  &simulcast=0
 //   &codec=vp9 (or vp8, h264, av1: the camera's preferred codec)  &dtx=0
 //   &svc=L1T3 (the camera's scalability mode in each encoding; &simulcast=0&codec=vp9&svc=L3T3_KEY: VP9 SVC)
+//   &adaptive=0 (tiles do not ask for the size they show: a script sets each
+//               video's size itself, and a tile resizing cannot override it)
 // `window.rtcDemo` exposes the room and the page's state for scripts.
 import { Room, RoomEvent, RtcError } from "/sdk/rtc.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
+/** Remote tiles ask the SFU for no larger video than they show. */
+const adaptiveStream = params.get("adaptive") !== "0" && params.get("adaptive") !== "false";
 
 /** What scripts can look at: `rtcDemo.room`, `rtcDemo.state`, `rtcDemo.error`. */
 const demo = (window.rtcDemo = { room: null, state: "idle", error: null, events: [] });
@@ -312,10 +316,12 @@ function ensureTile(p, key, local) {
   if (!local) {
     const video = el.querySelector("video");
     // Ask for no larger layer than the tile shows.
-    new ResizeObserver(() => {
-      const dpr = window.devicePixelRatio || 1;
-      t.video?.setVideoSize?.(video.clientWidth * dpr, video.clientHeight * dpr);
-    }).observe(video);
+    if (adaptiveStream) {
+      new ResizeObserver(() => {
+        const dpr = window.devicePixelRatio || 1;
+        t.video?.setVideoSize?.(video.clientWidth * dpr, video.clientHeight * dpr);
+      }).observe(video);
+    }
     // Off-screen tiles stop receiving video altogether.
     new IntersectionObserver((entries) => {
       for (const e of entries) t.video?.setEnabled?.(e.isIntersecting);
@@ -343,7 +349,7 @@ function setTileVideo(t, pub) {
     if (!video.srcObject || video.srcObject.getVideoTracks()[0] !== track) video.srcObject = new MediaStream([track]);
     video.play().catch(() => {});
     t.el.classList.toggle("no-video", !!pub.muted);
-    if (!t.local) {
+    if (!t.local && adaptiveStream) {
       const dpr = window.devicePixelRatio || 1;
       pub.setVideoSize(video.clientWidth * dpr, video.clientHeight * dpr);
     }

@@ -22,7 +22,10 @@ await main(async (browser) => {
   const ben = await newPage(subBrowser, 'ben');
   const out = {};
   await openDemo(ann, { room: cfg.room, identity: 'ann', mic: 0, simulcast: 0, codec, svc: 'L3T3_KEY' });
-  await openDemo(ben, { room: cfg.room, identity: 'ben', camera: 0, mic: 0 });
+  // Ben's tile does not ask for its own size (`adaptive: 0`): it would
+  // ask again whenever it resizes (the first frames arriving), overriding
+  // the sizes this script sets; that race left ben on the middle layer.
+  await openDemo(ben, { room: cfg.room, identity: 'ben', camera: 0, mic: 0, adaptive: 0 });
   const timeoutMs = cfg.timeoutMs ?? 30000;
 
   const sent = () =>
@@ -82,7 +85,7 @@ await main(async (browser) => {
     }), (ok) => ok, { timeoutMs });
   // Ann's encoder up to three spatial layers at full size.
   out.sentFull = await pollUntil('ann sending three spatial layers', sent, (s) => s.scalabilityMode === 'L3T3_KEY' && s.captureWidth >= 640, { timeoutMs });
-  // The demo page asks for the size its video element shows; no limit.
+  // No limit.
   await size(0, 0);
   const full = out.sentFull.captureWidth;
   out.full = await pollUntil('ben decoding ann at full size', received, (r) => r.framesDecoded > 0 && r.frameWidth === full, { timeoutMs });

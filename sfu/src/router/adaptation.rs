@@ -194,6 +194,7 @@ impl Router {
         let Ok(summary) = allocate(estimate.as_u64(), &demands, &mut out) else {
             return;
         };
+        tracing::trace!(?participant, estimate = estimate.as_u64(), ?summary, ?demands, ?out, "allocation");
         let mut switches = Vec::new();
         for (mid, a) in mids.iter().zip(&out) {
             let Some(d) = p.downs.get_mut(mid) else { continue };
