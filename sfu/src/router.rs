@@ -199,7 +199,8 @@ struct Participant {
     estimate: Option<Bitrate>,
     /// Replaces str0m's estimate when set (operator cap, tests).
     estimate_override: Option<Bitrate>,
-    /// When to restart the estimate that paused video cannot raise.
+    /// When to restart an estimate that has latched below what the
+    /// allocation wants.
     recovery: EstimateRecovery,
 }
 

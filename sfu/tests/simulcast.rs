@@ -595,3 +595,49 @@ fn a_lifted_size_limit_climbs_back_on_an_estimate_that_sank() {
     let took = took.expect("back on the top layer within 10 s");
     assert!(took <= 3_000, "back on the top layer after {took} ms");
 }
+
+/// A link that carries layer h but not f, for a minute: bob stays below
+/// the top layer, held back with video flowing every second. Restarts of
+/// the estimate of an allocation held back (`sfu::estimate_recovery`, for
+/// an estimator that latched) come 10 s after it is held back and then
+/// back off, so on a live estimator at its link's capacity they are few,
+/// and their probes neither pause video nor lift it above the link.
+#[test]
+fn held_back_on_a_narrow_link_video_flows_and_restarts_stay_rare() {
+    const SLOW: u64 = 250_000;
+    let mut net = Net::new();
+    let mut link = common::Bottleneck::new(
+        net.now,
+        BOB.parse().unwrap(),
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    );
+    link.bps = Some(SLOW);
+    net.bottleneck = Some(link);
+    let (_alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
+    run_for(&mut net, &mut publisher, a, mid, 10_000);
+    let resets = net.sfu.estimate_resets();
+    let mark = video_count(&net, b);
+    let mut quiet = Vec::new();
+    for s in 0..60 {
+        let m = video_count(&net, b);
+        run_for(&mut net, &mut publisher, a, mid, 1_000);
+        if video_count(&net, b) - m < 40 {
+            quiet.push(s);
+        }
+    }
+    let resets = net.sfu.estimate_resets() - resets;
+    let got = layers_since(&net, b, mark);
+    eprintln!(
+        "{resets} estimate restarts in 60 s held back; estimate {:?}",
+        last_estimate(&net, bob)
+    );
+    assert!(quiet.is_empty(), "seconds with under 40 video packets: {quiet:?}");
+    assert!(got.iter().all(|(_, l)| *l < 2), "above the link's capacity");
+    assert!(
+        got.iter().filter(|(_, l)| *l == 1).count() > got.len() / 2,
+        "mostly on h"
+    );
+    // Held back from the warm-up on: restarts at 10, 30 and 62 s of it.
+    assert!(resets <= 3, "{resets} restarts in 60 s");
+}

@@ -76,7 +76,11 @@ await main(async (browser) => {
   // And it stays there, decoding.
   out.limitedLater = await rate(3000);
   await limit(0);
-  out.restored = await pollUntil('ben back at the full frame rate', () => rate(), (r) => r.fps >= out.full.fps * 0.75, { timeoutMs, every: 0 });
+  // Against what ann sends now: on this 2-core machine Chrome may lower
+  // its camera's frame rate mid-test (CPU adaptation), below the full rate
+  // measured at the start.
+  const restoredRate = async () => ({ ...(await rate()), sentFps: (await sent()).q?.fps ?? 0 });
+  out.restored = await pollUntil('ben back at the full frame rate', restoredRate, (r) => r.fps >= Math.min(out.full.fps, r.sentFps) * 0.75, { timeoutMs, every: 0 });
   out.sent = await sent();
   return out;
 });

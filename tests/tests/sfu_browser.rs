@@ -463,7 +463,14 @@ fn temporal_layers(mime: &str, publish: Value) {
     );
     // Decoding goes on at the lower rate (not a freeze).
     assert!(later > 0.0 && later <= full * 0.5, "later {later} of {full}: {v:#}");
-    assert!(restored >= full * 0.75, "restored {restored} of {full}: {v:#}");
+    // Back to what ann sends (her encoder may have lowered its frame rate
+    // since `full` was measured: CPU adaptation).
+    let sending = v["restored"]["sentFps"].as_f64().unwrap_or(0.0);
+    assert!(sending >= 12.0, "ann sending q at {sending} fps: {v:#}");
+    assert!(
+        restored >= full.min(sending) * 0.75,
+        "restored {restored} of {full} ({sending} sent): {v:#}"
+    );
 }
 
 /// VP9 SVC: one stream with three spatial layers (`L3T3_KEY`); a

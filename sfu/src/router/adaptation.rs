@@ -12,6 +12,7 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Rid};
 
 use super::{layer_of, Down, ParticipantId, Router, SfuEvent, Track, DYNACAST_DELAY};
 use crate::allocator::{allocate, Allocation, AllocationState, LayerRates, TrackDemand, TrackKind, MAX_TEMPORAL};
+use crate::estimate_recovery::Shortfall;
 use crate::simulcast::{allowed_max_layer, LayerInfo, Preferences, MAX_LAYERS};
 use crate::temporal::{layer_rates, temporal_cap, TOP};
 
@@ -194,7 +195,14 @@ impl Router {
         let Ok(summary) = allocate(estimate.as_u64(), &demands, &mut out) else {
             return;
         };
-        tracing::trace!(?participant, estimate = estimate.as_u64(), ?summary, ?demands, ?out, "allocation");
+        tracing::trace!(
+            ?participant,
+            estimate = estimate.as_u64(),
+            ?summary,
+            ?demands,
+            ?out,
+            "allocation"
+        );
         let mut switches = Vec::new();
         for (mid, a) in mids.iter().zip(&out) {
             let Some(d) = p.downs.get_mut(mid) else { continue };
@@ -242,8 +250,16 @@ impl Router {
         }
         let sid = p.subscriber;
         // An operator's override is the estimate: nothing to recover.
-        let starved = p.estimate_override.is_none() && p.downs.values().any(|d| d.bw_paused);
-        let reset = p.recovery.poll(now, starved);
+        let shortfall = if p.estimate_override.is_some() {
+            Shortfall::None
+        } else if p.downs.values().any(|d| d.bw_paused) {
+            Shortfall::Paused
+        } else if summary.probe_bps.is_some() {
+            Shortfall::HeldBack
+        } else {
+            Shortfall::None
+        };
+        let reset = p.recovery.poll(now, shortfall);
         for (source, rid) in switches {
             self.request_keyframe(now, source, rid, KeyframeRequestKind::Pli);
         }
@@ -264,7 +280,8 @@ impl Router {
                 tracing::debug!(
                     ?participant,
                     estimate = estimate.as_u64(),
-                    "video paused for bandwidth: estimate restarted to probe the link"
+                    ?shortfall,
+                    "estimate latched below the allocation: restarted to probe the link"
                 );
                 self.estimate_resets += 1;
             }
