@@ -22,7 +22,10 @@
 //! that state, its own stagnation probe included. When the cap is lifted,
 //! the allocator wants the next temporal layer and the estimate stays short
 //! of it: once 10% short and unchanged for 25 s, once moving a little
-//! between 86 and 130 kbit/s for 20 s, on loopback.
+//! between 86 and 130 kbit/s for 20 s, on loopback. With the held-back
+//! reset below, 4 runs of 15 latched: each reset came 10 s after the cap
+//! was lifted, and 70-90 ms later the estimate was up from 77-84 to
+//! 348-358 kbit/s and the top temporal layer allocated.
 //!
 //! A reset (`Bwe::reset` from the current estimate) discards that state and
 //! runs str0m's initial probes (short bursts at 3 and 6 times the starting
