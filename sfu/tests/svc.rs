@@ -42,6 +42,12 @@ impl Publisher {
     /// the next picture after a request; its first packet carries the
     /// scalability structure with the sizes 320x180, 640x360, 1280x720.
     fn send_picture(&mut self, net: &mut Net, c: usize, mid: Mid) {
+        self.send_picture_with(net, c, mid, |_| {});
+    }
+
+    /// [`Publisher::send_picture`], with `between` run once the base layer
+    /// frame has reached the SFU and before the upper ones are sent.
+    fn send_picture_with(&mut self, net: &mut Net, c: usize, mid: Mid, mut between: impl FnMut(&mut Net)) {
         let requested = common::keyframe_requested(net, c);
         if requested {
             self.requested += 1;
@@ -57,11 +63,15 @@ impl Publisher {
         if tid == 0 {
             self.tl0 = self.tl0.wrapping_add(1);
         }
-        let now = net.now;
-        let rtc = &mut net.clients[c].rtc;
-        let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp9).unwrap().pt();
         let pid = (self.picture & 0x7fff) as u16;
         for (sid, size) in SIZES.iter().enumerate() {
+            if sid == 1 {
+                net.run(Duration::from_millis(2));
+                between(net);
+            }
+            let now = net.now;
+            let rtc = &mut net.clients[c].rtc;
+            let pt = rtc.codec_config().find(|p| p.spec().codec == Codec::Vp9).unwrap().pt();
             // I, P unless a keyframe, L, B, E; V on the keyframe's first.
             let v = key && sid == 0;
             let mut d = vec![
@@ -365,4 +375,44 @@ fn frame_rate_cap_drops_whole_pictures_of_every_spatial_layer() {
     tids.dedup();
     assert_eq!(tids, [0, 1, 2]);
     assert!(spatial_layers(&got[mark..]).contains(&2));
+}
+
+/// The temporal target changes between a picture's base layer frame and
+/// its upper ones (a frame rate cap set and lifted at every picture): the
+/// temporal filter moves at pictures only, so each picture reaches bob
+/// whole (all three spatial layer frames, the marker on the top one) or
+/// not at all, and both directions of the cap take effect.
+#[test]
+fn a_temporal_switch_mid_picture_waits_for_the_next_picture() {
+    let mut room = Room::with(Bitrate::mbps(10), true);
+    room.run(Duration::from_secs(1));
+    let (bob, track, a, mid) = (room.bob, room.track, room.a, room.mid);
+    let capped = sfu::Limits {
+        max_fps: 10,
+        ..sfu::Limits::default()
+    };
+    let mark = room.received().len();
+    for i in 0..60 {
+        let limits = if i % 2 == 0 { capped } else { sfu::Limits::default() };
+        room.publisher.send_picture_with(&mut room.net, a, mid, |net| {
+            let now = net.now;
+            net.sfu.set_track_limits(now, bob, track, limits).unwrap();
+        });
+        room.net.run(FRAME - Duration::from_millis(2));
+    }
+    let got = room.received();
+    let later = &got[mark..];
+    // Gap-free numbering and a marker ending each picture, only there.
+    assert_eq!(spatial_layers(later), [0, 1, 2]);
+    let start = later.iter().position(|g| g.2.sid == Some(0) && g.2.begin).unwrap();
+    let pictures: Vec<&[Got]> = later[start..].chunk_by(|_, b| b.2.sid != Some(0)).collect();
+    for p in &pictures[..pictures.len() - 1] {
+        let sids: Vec<u8> = p.iter().map(|g| g.2.sid.unwrap()).collect();
+        assert_eq!(sids, [0, 1, 2], "a picture cut short: {p:?}");
+    }
+    // Some upper temporal layer pictures got through (uncapped halves)
+    // and some were dropped (capped halves): 60 pictures in, fewer out.
+    let tids: Vec<u8> = pictures.iter().map(|p| p[0].2.tid.unwrap()).collect();
+    assert!(tids.iter().any(|&t| t > 0), "no upper temporal layer: {tids:?}");
+    assert!(pictures.len() < 55, "nothing dropped: {} pictures", pictures.len());
 }
