@@ -287,11 +287,7 @@ impl Room {
         room.run(Duration::from_secs(2));
         let now = room.net.now;
         room.net.sfu.set_estimate_override(now, bob, Some(Bitrate::mbps(10)));
-        room.net.sfu.subscribe(now, bob, room.track).unwrap();
-        room.net.answer_offers(b, bob);
-        assert!(room
-            .net
-            .run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+        room.net.subscribe_connected(b, bob, &[room.track]);
         room
     }
 

@@ -202,10 +202,7 @@ fn rtp_loss_5pct() -> common::LossFn {
 fn video_room(net: &mut Net) -> (usize, usize, Mid, ParticipantId) {
     let common::Pair { alice, bob, a, b, mids } = common::alice_publishes(net, &[MediaKind::Video]);
     let mid = mids[0];
-    let now = net.now;
-    net.sfu.subscribe(now, bob, TrackId { publisher: alice, mid }).unwrap();
-    net.answer_offers(b, bob);
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+    net.subscribe_connected(b, bob, &[TrackId { publisher: alice, mid }]);
     net.run(Duration::from_millis(100));
     (a, b, mid, bob)
 }

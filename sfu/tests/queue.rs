@@ -68,10 +68,7 @@ fn a_flooded_subscriber_queue_drops_at_the_bound_and_video_resumes_at_a_keyframe
         send(&mut net, true, 1, 100);
         net.run(Duration::from_millis(33));
     }
-    let now = net.now;
-    net.sfu.subscribe(now, bob, TrackId { publisher: alice, mid }).unwrap();
-    assert_eq!(net.answer_offers(b, bob), 1);
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+    assert_eq!(net.subscribe_connected(b, bob, &[TrackId { publisher: alice, mid }]), 1);
     // The allocator must not pause the flood: only str0m's pacer (twice
     // its own 1 Mbit/s start estimate) limits what leaves for bob.
     let now = net.now;

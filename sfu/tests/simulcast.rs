@@ -18,6 +18,14 @@ use str0m::Event;
 const RIDS: [&str; 3] = ["q", "h", "f"];
 /// The subscriber's client address in [`simulcast_room`].
 const BOB: &str = "10.0.0.3:4000";
+
+/// Bob's downlink as a bottleneck: 20 ms away, `bps`, a drop-tail queue of
+/// at most `max_queue`.
+fn link_to_bob(net: &mut Net, bps: u64, max_queue: Duration) {
+    let mut link = common::Bottleneck::new(net.now, BOB.parse().unwrap(), Duration::from_millis(20), max_queue);
+    link.bps = Some(bps);
+    net.bottleneck = Some(link);
+}
 /// Payload bytes per packet of each layer (50 packets/s each).
 const SIZES: [usize; 3] = [100, 400, 1000];
 
@@ -169,14 +177,7 @@ fn twcc_estimate_falls_under_a_rate_limit_and_climbs_back() {
     // a drop-tail queue of at most 200 ms; bob's client gets BOB's address.
     const FAST: u64 = 100_000_000;
     const SLOW: u64 = 250_000;
-    let mut link = common::Bottleneck::new(
-        net.now,
-        BOB.parse().unwrap(),
-        Duration::from_millis(20),
-        Duration::from_millis(200),
-    );
-    link.bps = Some(FAST);
-    net.bottleneck = Some(link);
+    link_to_bob(&mut net, FAST, Duration::from_millis(200));
     let (_alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
     // Unconstrained: the top layer (about 420 kbit/s with headers).
     run_for(&mut net, &mut publisher, a, mid, 10_000);
@@ -268,10 +269,7 @@ fn simulcast_room_sending(
         off,
     };
     run_for(net, &mut publisher, a, mid, 1000);
-    let now = net.now;
-    net.sfu.subscribe(now, bob, TrackId { publisher: alice, mid }).unwrap();
-    net.answer_offers(b, bob);
-    assert!(net.run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+    net.subscribe_connected(b, bob, &[TrackId { publisher: alice, mid }]);
     (alice, bob, a, b, mid, publisher)
 }
 
@@ -457,15 +455,7 @@ fn video_paused_by_a_narrow_link_resumes_when_it_widens() {
     const NARROW: u64 = 45_000;
     let mut net = Net::new();
     let (_alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
-    // 20 ms away, a drop-tail queue of at most 500 ms.
-    let mut link = common::Bottleneck::new(
-        net.now,
-        net.clients[b].addr,
-        Duration::from_millis(20),
-        Duration::from_millis(500),
-    );
-    link.bps = Some(FAST);
-    net.bottleneck = Some(link);
+    link_to_bob(&mut net, FAST, Duration::from_millis(500));
     run_for(&mut net, &mut publisher, a, mid, 5_000);
     assert!(
         video_count(&net, b) > 100,
@@ -542,14 +532,7 @@ fn video_paused_by_a_narrow_link_resumes_when_it_widens() {
 #[test]
 fn a_lifted_size_limit_climbs_back_on_an_estimate_that_sank() {
     let mut net = Net::new();
-    let mut link = common::Bottleneck::new(
-        net.now,
-        BOB.parse().unwrap(),
-        Duration::from_millis(20),
-        Duration::from_millis(200),
-    );
-    link.bps = Some(100_000_000);
-    net.bottleneck = Some(link);
+    link_to_bob(&mut net, 100_000_000, Duration::from_millis(200));
     let (alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
     let track = TrackId { publisher: alice, mid };
     let now = net.now;
@@ -606,14 +589,7 @@ fn a_lifted_size_limit_climbs_back_on_an_estimate_that_sank() {
 fn held_back_on_a_narrow_link_video_flows_and_restarts_stay_rare() {
     const SLOW: u64 = 250_000;
     let mut net = Net::new();
-    let mut link = common::Bottleneck::new(
-        net.now,
-        BOB.parse().unwrap(),
-        Duration::from_millis(20),
-        Duration::from_millis(200),
-    );
-    link.bps = Some(SLOW);
-    net.bottleneck = Some(link);
+    link_to_bob(&mut net, SLOW, Duration::from_millis(200));
     let (_alice, bob, a, b, mid, mut publisher) = simulcast_room(&mut net);
     run_for(&mut net, &mut publisher, a, mid, 10_000);
     let resets = net.sfu.estimate_resets();

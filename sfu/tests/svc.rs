@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use common::Net;
 use sfu::codec::vp9;
-use sfu::participant::Role;
 use sfu::router::TrackId;
 use str0m::bwe::Bitrate;
 use str0m::format::Codec;
@@ -147,11 +146,7 @@ impl Room {
         room.run(Duration::from_secs(2));
         let now = room.net.now;
         room.net.sfu.set_estimate_override(now, bob, Some(estimate));
-        room.net.sfu.subscribe(now, bob, room.track).unwrap();
-        room.net.answer_offers(b, bob);
-        assert!(room
-            .net
-            .run_until(Duration::from_secs(5), |n| n.connected(bob, Role::Subscriber)));
+        room.net.subscribe_connected(b, bob, &[room.track]);
         room
     }
 

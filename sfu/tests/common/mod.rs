@@ -211,6 +211,22 @@ impl Net {
         self.collect();
     }
 
+    /// Subscribes `pid` (client `c`) to `tracks`, answers the SFU's offers
+    /// and waits (5 s at most) for the subscriber connection. Returns how
+    /// many offers were answered.
+    pub fn subscribe_connected(&mut self, c: usize, pid: ParticipantId, tracks: &[sfu::router::TrackId]) -> usize {
+        let now = self.now;
+        for t in tracks {
+            self.sfu.subscribe(now, pid, *t).unwrap();
+        }
+        let offers = self.answer_offers(c, pid);
+        assert!(
+            self.run_until(Duration::from_secs(5), |n| n.connected(pid, Role::Subscriber)),
+            "subscriber connection up"
+        );
+        offers
+    }
+
     /// Answers every SFU offer addressed to `pid` with client `c`.
     pub fn answer_offers(&mut self, c: usize, pid: ParticipantId) -> usize {
         let mut n = 0;
