@@ -26,8 +26,9 @@
 //!   any picture, up at a keyframe; the allocator prices each spatial layer
 //!   as the sum of those up to it;
 //! - [`allocator`] divides a subscriber's bandwidth estimate across its
-//!   down-tracks; [`estimate_recovery`] decides when an estimate that paused
-//!   video cannot raise (str0m learns only from what it sends) is restarted;
+//!   down-tracks; [`estimate_recovery`] decides when an estimate that has
+//!   latched below what the allocation wants (paused video, or a layer held
+//!   back) is restarted;
 //! - [`speaker`] detects active speakers from audio levels;
 //! - [`red`] converts RFC 2198 redundant audio for subscribers without it.
 //!

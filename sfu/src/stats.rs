@@ -16,9 +16,10 @@ pub struct SfuStats {
     pub udp_would_block: u64,
     /// Datagrams the kernel refused for another reason.
     pub udp_send_failed: u64,
-    /// Subscribers' downlink estimates restarted because video paused for
-    /// bandwidth could not raise them ([`crate::estimate_recovery`]); a
-    /// steady rise means links that cannot carry even the lowest layer.
+    /// Subscribers' downlink estimates restarted because they stayed below
+    /// what the allocation wants: video paused for bandwidth, or a layer
+    /// held back ([`crate::estimate_recovery`]); a steady rise means links
+    /// too narrow for what their subscribers watch.
     pub estimate_resets: u64,
     /// Keyframes asked for because a subscriber's temporal upswitch found
     /// no switching point in time; a steady rise means publishers whose

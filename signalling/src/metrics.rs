@@ -160,7 +160,7 @@ impl Metrics {
             sfu_estimate_resets: counter(
                 &r,
                 "rtc_sfu_estimate_resets_total",
-                "Subscriber downlink estimates restarted to probe a link on which video was paused for bandwidth.",
+                "Subscriber downlink estimates restarted to probe the link: video paused for bandwidth, or a wanted layer held back.",
             ),
             sfu_temporal_upswitch_keyframes: counter(
                 &r,
