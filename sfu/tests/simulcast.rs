@@ -605,8 +605,10 @@ fn held_back_on_a_narrow_link_video_flows_and_restarts_stay_rare() {
     let resets = net.sfu.estimate_resets() - resets;
     let got = layers_since(&net, b, mark);
     eprintln!(
-        "{resets} estimate restarts in 60 s held back; estimate {:?}",
-        last_estimate(&net, bob)
+        "{resets} estimate restarts in 60 s held back; estimate {:?}; {} of {} packets on h",
+        last_estimate(&net, bob),
+        got.iter().filter(|(_, l)| *l == 1).count(),
+        got.len()
     );
     assert!(quiet.is_empty(), "seconds with under 40 video packets: {quiet:?}");
     assert!(got.iter().all(|(_, l)| *l < 2), "above the link's capacity");
