@@ -17,7 +17,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Net;
+use common::{Net, FRAME};
 use sfu::codec::dd::{self, DdBytes, DdSerializer, DdStream};
 use sfu::participant::Role;
 use sfu::router::TrackId;
@@ -27,7 +27,6 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::rtp::{Extension, ExtensionValues, RtpWrite};
 use str0m::RtcConfig;
 
-const FRAME: Duration = Duration::from_micros(33_333);
 /// Payload bytes of each packet of a layer's frame (two per frame), so a
 /// received packet tells its layer.
 const SIZES: [usize; 3] = [300, 500, 700];
@@ -292,11 +291,8 @@ impl Room {
     }
 
     fn run(&mut self, d: Duration) {
-        let end = self.net.now + d;
-        while self.net.now < end {
-            self.publisher.send_picture(&mut self.net, self.a, self.mid);
-            self.net.run(FRAME);
-        }
+        let (publisher, a, mid) = (&mut self.publisher, self.a, self.mid);
+        self.net.run_paced(d, FRAME, |net| publisher.send_picture(net, a, mid));
     }
 
     fn received(&self) -> Vec<Got> {

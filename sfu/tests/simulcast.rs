@@ -101,10 +101,9 @@ fn video_count(net: &Net, c: usize) -> usize {
 }
 
 fn run_for(net: &mut Net, p: &mut Publisher, c: usize, mid: Mid, ms: u64) {
-    for _ in 0..ms / 20 {
-        p.send(net, c, mid);
-        net.run(Duration::from_millis(20));
-    }
+    net.run_paced(Duration::from_millis(ms), Duration::from_millis(20), |net| {
+        p.send(net, c, mid)
+    });
 }
 
 #[test]

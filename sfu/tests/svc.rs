@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Net;
+use common::{Net, FRAME};
 use sfu::codec::vp9;
 use sfu::router::TrackId;
 use str0m::bwe::Bitrate;
@@ -17,7 +17,6 @@ use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpWrite;
 
-const FRAME: Duration = Duration::from_micros(33_333);
 /// Payload bytes per layer frame: at 30 fps about 50, 100 and 200 kbit/s.
 const SIZES: [usize; 3] = [200, 400, 800];
 
@@ -41,12 +40,16 @@ impl Publisher {
     /// the next picture after a request; its first packet carries the
     /// scalability structure with the sizes 320x180, 640x360, 1280x720.
     fn send_picture(&mut self, net: &mut Net, c: usize, mid: Mid) {
-        self.send_picture_with(net, c, mid, |_| {});
+        self.send_layers(net, c, mid, None);
     }
 
     /// [`Publisher::send_picture`], with `between` run once the base layer
     /// frame has reached the SFU and before the upper ones are sent.
     fn send_picture_with(&mut self, net: &mut Net, c: usize, mid: Mid, mut between: impl FnMut(&mut Net)) {
+        self.send_layers(net, c, mid, Some(&mut between));
+    }
+
+    fn send_layers(&mut self, net: &mut Net, c: usize, mid: Mid, mut between: Option<&mut dyn FnMut(&mut Net)>) {
         let requested = common::keyframe_requested(net, c);
         if requested {
             self.requested += 1;
@@ -64,7 +67,7 @@ impl Publisher {
         }
         let pid = (self.picture & 0x7fff) as u16;
         for (sid, size) in SIZES.iter().enumerate() {
-            if sid == 1 {
+            if let (1, Some(between)) = (sid, between.as_mut()) {
                 net.run(Duration::from_millis(2));
                 between(net);
             }
@@ -151,11 +154,8 @@ impl Room {
     }
 
     fn run(&mut self, d: Duration) {
-        let end = self.net.now + d;
-        while self.net.now < end {
-            self.publisher.send_picture(&mut self.net, self.a, self.mid);
-            self.net.run(FRAME);
-        }
+        let (publisher, a, mid) = (&mut self.publisher, self.a, self.mid);
+        self.net.run_paced(d, FRAME, |net| publisher.send_picture(net, a, mid));
     }
 
     fn received(&self) -> Vec<Got> {
@@ -375,8 +375,10 @@ fn frame_rate_cap_drops_whole_pictures_of_every_spatial_layer() {
 /// The temporal target changes between a picture's base layer frame and
 /// its upper ones (a frame rate cap set and lifted at every picture): the
 /// temporal filter moves at pictures only, so each picture reaches bob
-/// whole (all three spatial layer frames, the marker on the top one) or
-/// not at all, and both directions of the cap take effect.
+/// whole (its own three spatial layer frames, the marker on the top one)
+/// or not at all, and both directions of the cap take effect. (Switching
+/// at layer frames instead, bob got one picture's base frame followed by
+/// the next one's upper frames.)
 #[test]
 fn a_temporal_switch_mid_picture_waits_for_the_next_picture() {
     let mut room = Room::with(Bitrate::mbps(10), true);
@@ -387,8 +389,15 @@ fn a_temporal_switch_mid_picture_waits_for_the_next_picture() {
         ..sfu::Limits::default()
     };
     let mark = room.received().len();
-    for i in 0..60 {
-        let limits = if i % 2 == 0 { capped } else { sfu::Limits::default() };
+    for _ in 0..60 {
+        // Capped in the middle of the TL2 pictures (odd ones: 0 2 1 2),
+        // lifted in the middle of the others: both directions of the
+        // switch fall inside a picture whose layer they change.
+        let limits = if room.publisher.picture % 2 == 1 {
+            capped
+        } else {
+            sfu::Limits::default()
+        };
         room.publisher.send_picture_with(&mut room.net, a, mid, |net| {
             let now = net.now;
             net.sfu.set_track_limits(now, bob, track, limits).unwrap();
@@ -404,6 +413,12 @@ fn a_temporal_switch_mid_picture_waits_for_the_next_picture() {
     for p in &pictures[..pictures.len() - 1] {
         let sids: Vec<u8> = p.iter().map(|g| g.2.sid.unwrap()).collect();
         assert_eq!(sids, [0, 1, 2], "a picture cut short: {p:?}");
+        // One picture's layer frames, not the base of one and the upper
+        // layers of the next.
+        assert!(
+            p.iter().all(|g| g.2.picture_id == p[0].2.picture_id),
+            "layer frames of two pictures: {p:?}"
+        );
     }
     // Some upper temporal layer pictures got through (uncapped halves)
     // and some were dropped (capped halves): 60 pictures in, fewer out.

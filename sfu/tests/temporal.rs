@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Net;
+use common::{Net, FRAME};
 use sfu::codec::vp8;
 use sfu::participant::Role;
 use sfu::router::TrackId;
@@ -16,7 +16,6 @@ use str0m::media::{MediaKind, Mid};
 use str0m::rtp::RtpWrite;
 
 /// 30 fps, the libwebrtc L1T3 pattern 0 2 1 2.
-const FRAME: Duration = Duration::from_micros(33_333);
 const PATTERN: [u8; 4] = [0, 2, 1, 2];
 
 struct Publisher {
@@ -101,11 +100,7 @@ impl Publisher {
 }
 
 fn run_for(net: &mut Net, p: &mut Publisher, c: usize, mid: Mid, duration: Duration) {
-    let end = net.now + duration;
-    while net.now < end {
-        p.send_frame(net, c, mid);
-        net.run(FRAME);
-    }
+    net.run_paced(duration, FRAME, |net| p.send_frame(net, c, mid));
 }
 
 /// A video packet as the subscriber got it.

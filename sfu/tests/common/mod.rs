@@ -65,6 +65,9 @@ pub struct Packet {
 /// datagram on its direction).
 pub type LossFn = Box<dyn FnMut(&Packet, u64) -> bool>;
 
+/// One frame at 30 fps.
+pub const FRAME: Duration = Duration::from_micros(33_333);
+
 /// A bottleneck on the SFU -> client path to one address: packets are
 /// serialised at `bps` (unlimited when `None`) behind a drop-tail queue that
 /// holds at most `max_queue` of waiting time, then travel `delay`. Pure
@@ -209,6 +212,16 @@ impl Net {
         let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
         self.clients[c].rtc.sdp_api().accept_answer(pending, answer).unwrap();
         self.collect();
+    }
+
+    /// Calls `send` every `every` of simulated time for `duration`, the
+    /// network running in between (a publisher's frame or packet clock).
+    pub fn run_paced(&mut self, duration: Duration, every: Duration, mut send: impl FnMut(&mut Net)) {
+        let end = self.now + duration;
+        while self.now < end {
+            send(self);
+            self.run(every);
+        }
     }
 
     /// Subscribes `pid` (client `c`) to `tracks`, answers the SFU's offers
