@@ -21,8 +21,10 @@
 //! cap let through), and str0m's probe controller refuses every probe in
 //! that state, its own stagnation probe included. When the cap is lifted,
 //! the allocator wants the next temporal layer and the estimate stays short
-//! of it: once 10% short and unchanged for 25 s, once moving a little
-//! between 86 and 130 kbit/s for 20 s, on loopback. With the held-back
+//! of it, on loopback: once 10% short and unchanged for 25 s; once held at
+//! the middle temporal layer for 20 s from 86 kbit/s while a first version
+//! of this reset, which waited for 10 s of an unchanged estimate, never
+//! fired (so that estimate kept changing, below the layer). With the held-back
 //! reset below, 4 runs of 15 latched: each reset came 10 s after the cap
 //! was lifted, and 70-90 ms later the estimate was up from 77-84 to
 //! 348-358 kbit/s and the top temporal layer allocated.
